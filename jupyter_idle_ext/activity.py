@@ -1,0 +1,307 @@
+"""Activity: what each kernel, terminal and registered source did, and when, on a monotonic clock.
+
+This module listens and records; it decides nothing. Kernels are followed through the traits
+jupyter_server's own IOPub watcher already maintains (``last_activity`` moves on execution,
+completion, inspection, widget messages and any output of a running or background-thread cell,
+but not on kernel_info/comm_info requests and their status bursts; ``execution_state`` shows the
+busy period), so following them costs no second copy of each message. Terminals are followed at
+the pty: output of their programs, including the echo of typed keys, and never websocket traffic.
+REST requests and websocket pings are never seen here, so they can never count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from jupyter_core.utils import ensure_async
+
+from .policy import KernelState, Snapshot, SourceState, TerminalState
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Record:
+    """One source of activity: a kernel, a terminal, or a source another extension registered."""
+
+    kind: str
+    id: str
+    name: str
+    last_activity: float
+    busy_since: float | None = None
+
+
+class ActivityTracker:
+    """The one place activity is kept; every consumer reads its snapshot.
+
+    ``clock`` is monotonic (idle time), ``wall_clock`` is only used to turn a monotonic time into
+    a timestamp for people and the Hub; both are seams for tests.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.started = clock()
+        self.last_activity = self.started
+        self.records: dict[tuple[str, str], Record] = {}
+        # set when something appears or stops being busy, so the check loop can look again early
+        self.changed = asyncio.Event()
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _record(self, kind: str, id: str, name: str | None = None) -> Record:
+        key = (kind, id)
+        record = self.records.get(key)
+        if record is None:
+            record = Record(kind, id, name or id, self.clock())
+            self.records[key] = record
+            self.changed.set()
+        return record
+
+    def touch(self, kind: str, id: str, name: str | None = None) -> None:
+        """Record activity of a source now."""
+        now = self.clock()
+        record = self._record(kind, id, name)
+        record.last_activity = now
+        self.last_activity = max(self.last_activity, now)
+
+    def set_busy(self, kind: str, id: str, busy: bool, name: str | None = None) -> None:
+        """Mark the start or the end of a source's busy period; both ends are activity."""
+        record = self._record(kind, id, name)
+        now = self.clock()
+        if busy and record.busy_since is None:
+            record.busy_since = now
+        elif not busy and record.busy_since is not None:
+            record.busy_since = None
+            self.changed.set()
+        record.last_activity = now
+        self.last_activity = max(self.last_activity, now)
+
+    def add(self, kind: str, id: str, name: str, last_activity: float) -> Record:
+        """Start following a source whose last activity is already known (found between checks)."""
+        record = self._record(kind, id, name)
+        record.name = name
+        record.last_activity = min(max(last_activity, self.started), self.clock())
+        return record
+
+    def remove(self, kind: str, id: str) -> None:
+        """Forget a source; its activity still counts for the server's last activity."""
+        self.records.pop((kind, id), None)
+
+    def of_kind(self, kind: str) -> list[Record]:
+        return [r for r in self.records.values() if r.kind == kind]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def to_wall(self, monotonic: float) -> float:
+        """A monotonic time as a POSIX timestamp on today's wall clock."""
+        return self.wall_clock() - (self.clock() - monotonic)
+
+    def isoformat(self, monotonic: float) -> str:
+        """A monotonic time as UTC ISO 8601 with ``Z``."""
+        stamp = datetime.fromtimestamp(self.to_wall(monotonic), tz=timezone.utc)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def wall_to_monotonic(self, when: datetime) -> float:
+        """Place a wall-clock datetime from jupyter_server on the monotonic clock.
+
+        Clamped between our start and now, so a wall-clock jump can never make it look older
+        (which would cull early) or newer than now.
+        """
+        now = self.clock()
+        age = self.wall_clock() - when.timestamp()
+        return min(now, max(self.started, now - age))
+
+
+class KernelWatcher:
+    """Follows the kernels of a MappingKernelManager into an ActivityTracker."""
+
+    def __init__(self, kernel_manager: Any, tracker: ActivityTracker, log: Any) -> None:
+        self.km = kernel_manager
+        self.tracker = tracker
+        self.log = log
+        self._attached: dict[str, Any] = {}
+        self._alive: dict[str, bool] = {}
+
+    def sync(self) -> None:
+        """Attach to new kernels and forget removed ones."""
+        current = set(self.km.list_kernel_ids())
+        for kernel_id in current - set(self._attached):
+            self._attach(kernel_id)
+        for kernel_id in set(self._attached) - current:
+            self._detach(kernel_id)
+
+    def _attach(self, kernel_id: str) -> None:
+        kernel = self.km.get_kernel(kernel_id)
+        last = getattr(kernel, "last_activity", None)
+        record = self.tracker.add(
+            "kernel",
+            kernel_id,
+            getattr(kernel, "kernel_name", "") or "",
+            self.tracker.wall_to_monotonic(last)
+            if isinstance(last, datetime)
+            else self.tracker.clock(),
+        )
+        if getattr(kernel, "execution_state", None) == "busy":
+            record.busy_since = record.last_activity
+
+        def on_activity(change: Any) -> None:
+            self.tracker.touch("kernel", kernel_id)
+
+        def on_state(change: Any) -> None:
+            state = change["new"]
+            if state == "busy":
+                self.tracker.set_busy("kernel", kernel_id, True)
+            elif state in ("idle", "starting"):
+                self.tracker.set_busy("kernel", kernel_id, False)
+
+        def on_restart() -> None:
+            # an automatic restart after a crash is not activity, and a crash mid-cell leaves
+            # execution_state at "busy" forever (no "idle" comes from the dead process)
+            rec = self.tracker.records.get(("kernel", kernel_id))
+            if rec is not None:
+                rec.busy_since = None
+            kernel.execution_state = "starting"
+
+        kernel.observe(on_activity, names=["last_activity"])
+        kernel.observe(on_state, names=["execution_state"])
+        if hasattr(kernel, "add_restart_callback"):
+            kernel.add_restart_callback(on_restart, "restart")
+        self._attached[kernel_id] = (kernel, on_activity, on_state, on_restart)
+        self._alive[kernel_id] = True
+
+    def _detach(self, kernel_id: str) -> None:
+        kernel, on_activity, on_state, on_restart = self._attached.pop(kernel_id)
+        self._alive.pop(kernel_id, None)
+        try:
+            kernel.unobserve(on_activity, names=["last_activity"])
+            kernel.unobserve(on_state, names=["execution_state"])
+            if hasattr(kernel, "remove_restart_callback"):
+                kernel.remove_restart_callback(on_restart, "restart")
+        except ValueError:
+            pass
+        self.tracker.remove("kernel", kernel_id)
+
+    def detach_all(self) -> None:
+        for kernel_id in list(self._attached):
+            self._detach(kernel_id)
+
+    async def refresh(self) -> None:
+        """Check which kernel processes are still alive (a cheap poll of each process)."""
+        self.sync()
+        for kernel_id, (kernel, *_) in list(self._attached.items()):
+            try:
+                dead = getattr(kernel, "execution_state", None) == "dead"
+                alive = not dead and bool(await ensure_async(kernel.is_alive()))
+            except Exception as e:
+                self.log.debug("Could not poll kernel %s: %s", kernel_id, e)
+                alive = True
+            self._alive[kernel_id] = alive
+
+    def states(self) -> tuple[KernelState, ...]:
+        states = []
+        connections = getattr(self.km, "_kernel_connections", {})
+        for kernel_id, (kernel, *_) in self._attached.items():
+            record = self.tracker.records.get(("kernel", kernel_id))
+            if record is None:
+                continue
+            override = None
+            spec = getattr(kernel, "kernel_spec", None)
+            metadata = getattr(spec, "metadata", None) or {}
+            if "cull_idle_timeout" in metadata:
+                try:
+                    override = max(0.0, float(metadata["cull_idle_timeout"]))
+                except (TypeError, ValueError):
+                    self.log.warning(
+                        "Ignoring kernelspec %r metadata.cull_idle_timeout=%r: not a number",
+                        record.name,
+                        metadata["cull_idle_timeout"],
+                    )
+            states.append(
+                KernelState(
+                    id=kernel_id,
+                    name=record.name,
+                    last_activity=record.last_activity,
+                    busy_since=record.busy_since,
+                    connections=int(connections.get(kernel_id, 0)),
+                    alive=self._alive.get(kernel_id, True),
+                    timeout_override=override,
+                )
+            )
+        return tuple(states)
+
+
+class TerminalWatcher:
+    """Follows jupyter_server_terminals' terminals at the pty into an ActivityTracker."""
+
+    def __init__(self, terminal_manager: Any, tracker: ActivityTracker) -> None:
+        self.tm = terminal_manager
+        self.tracker = tracker
+        self._original_hook = terminal_manager.pre_pty_read_hook
+
+        def pre_pty_read_hook(ptywclients: Any) -> None:
+            # output of the terminal's programs, which includes the echo of every typed key
+            self._original_hook(ptywclients)
+            name = getattr(ptywclients, "_idle_ext_name", None)
+            if name is None:
+                name = self._name_of(ptywclients)
+            if name is not None:
+                self.tracker.touch("terminal", name)
+
+        terminal_manager.pre_pty_read_hook = pre_pty_read_hook
+
+    def _name_of(self, ptywclients: Any) -> str | None:
+        for name, term in self.tm.terminals.items():
+            if term is ptywclients:
+                ptywclients._idle_ext_name = name
+                return str(name)
+        return None
+
+    def sync(self) -> None:
+        current = dict(self.tm.terminals)
+        known = {r.id for r in self.tracker.of_kind("terminal")}
+        for name, term in current.items():
+            if name not in known:
+                last = getattr(term, "last_activity", None)
+                self.tracker.add(
+                    "terminal",
+                    name,
+                    name,
+                    self.tracker.wall_to_monotonic(last)
+                    if isinstance(last, datetime)
+                    else self.tracker.clock(),
+                )
+        for name in known - set(current):
+            self.tracker.remove("terminal", name)
+
+    def states(self) -> tuple[TerminalState, ...]:
+        self.sync()
+        return tuple(TerminalState(r.id, r.last_activity) for r in self.tracker.of_kind("terminal"))
+
+    def close(self) -> None:
+        self.tm.pre_pty_read_hook = self._original_hook
+
+
+def snapshot(
+    tracker: ActivityTracker,
+    kernels: tuple[KernelState, ...],
+    terminals: tuple[TerminalState, ...],
+    keepalive_until: float | None = None,
+) -> Snapshot:
+    """Everything the policy needs, read now."""
+    sources = tuple(
+        SourceState(r.name, r.last_activity, r.busy_since) for r in tracker.of_kind("extension")
+    )
+    return Snapshot(
+        now=tracker.clock(),
+        started=tracker.started,
+        last_activity=tracker.last_activity,
+        kernels=kernels,
+        terminals=terminals,
+        sources=sources,
+        keepalive_until=keepalive_until,
+    )

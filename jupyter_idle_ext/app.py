@@ -1,0 +1,301 @@
+"""The server extension: configuration, start-up and the wiring of activity, policy and actions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, TraitError, default, validate
+from traitlets.traitlets import DefaultHandler
+
+from .activity import ActivityTracker, KernelWatcher, TerminalWatcher
+from .culler import IdleCuller
+from .policy import PolicyConfig
+
+ENV_PREFIX = "JUPYTER_IDLE_"
+SETTINGS_KEY = "jupyter_idle_ext_tracker"
+
+#: static defaults of the options that read an environment variable
+DEFAULTS: dict[str, Any] = {
+    "cull_idle_timeout": 3600.0,
+    "cull_interval": 300.0,
+    "cull_connected": True,
+    "cull_busy": False,
+    "max_busy_time": 0.0,
+    "terminal_idle_timeout": None,
+    "server_idle_timeout": 3600.0,
+    "max_server_age": 0.0,
+    "shutdown_warning": None,
+    "shutdown_grace": 30.0,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_name(option: str) -> str:
+    """The environment variable that sets the default of an option."""
+    return ENV_PREFIX + option.upper()
+
+
+def _env_default(option: str) -> DefaultHandler:
+    """A traitlets dynamic default that reads the option's environment variable at first use."""
+    handler: DefaultHandler = default(option)(lambda self: self._from_env(option))
+    return handler
+
+
+def _seconds_help(text: str, option: str, zero: str = "disables it") -> str:
+    return f"{text} Seconds; 0 {zero}. Default from ${env_name(option)}."
+
+
+class IdleExtension(ExtensionApp):
+    """Culls idle kernels and terminals and stops an idle server, judging by execution activity."""
+
+    name = "jupyter_idle_ext"
+    description = __doc__
+    load_other_extensions = True
+
+    cull_idle_timeout = Float(
+        config=True,
+        help=_seconds_help(
+            "Cull a kernel after this long without activity (default 3600). A kernelspec's "
+            "metadata.cull_idle_timeout overrides it for that kernel, where 0 means never.",
+            "cull_idle_timeout",
+            "never culls kernels",
+        ),
+    )
+    cull_interval = Float(
+        config=True,
+        help=(
+            "The longest wait between two checks (default 300); checks also happen at each "
+            "deadline, so nothing is culled late. Seconds, must be > 0. "
+            f"Default from ${env_name('cull_interval')}."
+        ),
+    )
+    cull_connected = Bool(
+        config=True,
+        help=(
+            "Cull idle kernels even while a browser tab is connected to them (default True): an "
+            "open tab is not activity. Default from "
+            f"${env_name('cull_connected')} (true/false)."
+        ),
+    )
+    cull_busy = Bool(
+        config=True,
+        help=(
+            "Cull kernels by idle time even while they execute (default False: a busy kernel "
+            f"is working). Default from ${env_name('cull_busy')} (true/false)."
+        ),
+    )
+    max_busy_time = Float(
+        config=True,
+        help=_seconds_help(
+            "After a kernel has been busy this long it counts as stuck: being busy no longer "
+            "protects it or the server, and it is culled once idle (default 0).",
+            "max_busy_time",
+            "means no cap: a busy kernel is never culled",
+        ),
+    )
+    terminal_idle_timeout = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help=_seconds_help(
+            "Cull a terminal after this long without input or output (default: cull_idle_timeout).",
+            "terminal_idle_timeout",
+            "never culls terminals",
+        ),
+    )
+    server_idle_timeout = Float(
+        config=True,
+        help=_seconds_help(
+            "Shut the server down after this long without any activity, whatever tabs are open "
+            "and whether kernels still exist (default 3600).",
+            "server_idle_timeout",
+        ),
+    )
+    max_server_age = Float(
+        config=True,
+        help=_seconds_help(
+            "Shut the server down at this age even if it is active (default 0).",
+            "max_server_age",
+        ),
+    )
+    shutdown_warning = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help=_seconds_help(
+            "Log a WARNING this long before any shutdown (default: a tenth of the shortest "
+            "shutdown timeout, at most 300). Must be shorter than the shutdown timeouts.",
+            "shutdown_warning",
+            "means no warning",
+        ),
+    )
+    shutdown_grace = Float(
+        config=True,
+        help=(
+            "After an idle shutdown starts, the process exits with code 0 at the latest this many "
+            "seconds later, even if a websocket or an extension holds it up (default 30). "
+            f"Seconds, must be > 0. Default from ${env_name('shutdown_grace')}."
+        ),
+    )
+
+    _default_cull_idle_timeout = _env_default("cull_idle_timeout")
+    _default_cull_interval = _env_default("cull_interval")
+    _default_cull_connected = _env_default("cull_connected")
+    _default_cull_busy = _env_default("cull_busy")
+    _default_max_busy_time = _env_default("max_busy_time")
+    _default_terminal_idle_timeout = _env_default("terminal_idle_timeout")
+    _default_server_idle_timeout = _env_default("server_idle_timeout")
+    _default_max_server_age = _env_default("max_server_age")
+    _default_shutdown_warning = _env_default("shutdown_warning")
+    _default_shutdown_grace = _env_default("shutdown_grace")
+
+    def _from_env(self, option: str) -> Any:
+        fallback = DEFAULTS[option]
+        raw = os.environ.get(env_name(option), "").strip()
+        if not raw:
+            return fallback
+        trait = self.traits()[option]
+        if isinstance(trait, Bool):
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise TraitError(
+                f"IdleExtension.{option}: ${env_name(option)}={raw!r} is not a boolean "
+                "(use true or false)"
+            )
+        try:
+            return float(raw)
+        except ValueError:
+            raise TraitError(
+                f"IdleExtension.{option}: ${env_name(option)}={raw!r} is not a number of seconds"
+            ) from None
+
+    @validate(
+        "cull_idle_timeout",
+        "max_busy_time",
+        "terminal_idle_timeout",
+        "server_idle_timeout",
+        "max_server_age",
+        "shutdown_warning",
+    )
+    def _validate_seconds(self, proposal: Any) -> float | None:
+        value = proposal["value"]
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < 0:
+            raise TraitError(
+                f"IdleExtension.{proposal['trait'].name} must be a number of seconds >= 0 "
+                f"(0 disables it), not {value!r}"
+            )
+        return float(value)
+
+    @validate("cull_interval", "shutdown_grace")
+    def _validate_positive(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not math.isfinite(value) or value <= 0:
+            raise TraitError(
+                f"IdleExtension.{proposal['trait'].name} must be a number of seconds > 0, "
+                f"not {value!r}"
+            )
+        return float(value)
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def policy_config(self) -> PolicyConfig:
+        """Read and cross-check every option; raises TraitError naming the option at fault."""
+        shutdown_timeouts = [t for t in (self.server_idle_timeout, self.max_server_age) if t > 0]
+        warning: float | None = self.shutdown_warning
+        if warning is None:
+            warning = min([300.0, *[t / 10 for t in shutdown_timeouts]]) if shutdown_timeouts else 0.0
+        for option in ("server_idle_timeout", "max_server_age"):
+            timeout = getattr(self, option)
+            if warning and timeout and warning >= timeout:
+                raise TraitError(
+                    f"IdleExtension.shutdown_warning ({warning:g} s) must be shorter than "
+                    f"IdleExtension.{option} ({timeout:g} s), or 0 for no warning"
+                )
+        return PolicyConfig(
+            cull_idle_timeout=self.cull_idle_timeout,
+            cull_interval=self.cull_interval,
+            cull_connected=self.cull_connected,
+            cull_busy=self.cull_busy,
+            max_busy_time=self.max_busy_time,
+            terminal_idle_timeout=self.terminal_idle_timeout,
+            server_idle_timeout=self.server_idle_timeout,
+            max_server_age=self.max_server_age,
+            shutdown_warning=warning,
+        )
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        # jupyter_server logs a failing extension and runs on without it; for an idle culler that
+        # means silently paying for idle servers, so a bad option stops the server instead.
+        try:
+            super()._link_jupyter_server_extension(serverapp)
+            self.policy = self.policy_config()
+            self.shutdown_grace  # noqa: B018 -- read now, so a bad value fails at start
+        except TraitError as e:
+            serverapp.log.critical("jupyter_idle_ext: invalid configuration: %s", e)
+            raise SystemExit(1) from e
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def initialize_settings(self) -> None:
+        self.tracker = ActivityTracker()
+        self.culler: IdleCuller | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.settings[SETTINGS_KEY] = self.tracker
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        terminal_manager = serverapp.web_app.settings.get("terminal_manager")
+        kernels = KernelWatcher(serverapp.kernel_manager, self.tracker, self.log)
+        terminals = TerminalWatcher(terminal_manager, self.tracker) if terminal_manager else None
+        self.culler = IdleCuller(
+            tracker=self.tracker,
+            config=self.policy,
+            kernels=kernels,
+            terminals=terminals,
+            kernel_manager=serverapp.kernel_manager,
+            terminal_manager=terminal_manager,
+            stop_server=self.stop_server,
+            log=self.log,
+            shutdown_grace=self.shutdown_grace,
+        )
+        self._listen_for_kernels(serverapp)
+        self.log.info("jupyter_idle_ext: %s", self.culler.describe())
+        self._task = asyncio.create_task(self.culler.run())
+
+    def _listen_for_kernels(self, serverapp: Any) -> None:
+        """Look again as soon as a kernel starts, so its own timeout is checked on time."""
+        event_logger = getattr(serverapp, "event_logger", None)
+        if event_logger is None:
+            return
+
+        async def on_kernel_action(logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+            self.tracker.changed.set()
+
+        event_logger.add_listener(
+            schema_id="https://events.jupyter.org/jupyter_server/kernel_actions/v1",
+            listener=on_kernel_action,
+        )
+
+    def stop_server(self, reason: str) -> None:
+        """Stop the whole server the way Ctrl-C would: kernels, terminals, extensions, loop."""
+        assert self.serverapp is not None
+        self.serverapp.stop()
+
+    async def stop_extension(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self.culler is not None:
+            self.culler.close()

@@ -1,0 +1,199 @@
+"""Actions: the check loop that turns the policy's decisions into culls, warnings and the shutdown.
+
+One check reads the activity snapshot, asks the policy, carries out what it decided and sleeps
+until the earliest deadline (never longer than ``cull_interval``). A failing kernel or terminal is
+logged and the loop goes on; only the shutdown ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from typing import Any, Callable
+
+from jupyter_core.utils import ensure_async
+
+from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
+from .policy import Decision, Plan, PolicyConfig, decide
+
+# how long a kernel gets to honour a shutdown_request before it is killed
+KERNEL_STOP_TIMEOUT = 30.0
+
+
+def _describe_seconds(value: float | None, off: str = "off") -> str:
+    if value is None or value <= 0:
+        return off
+    return f"{value:g} s"
+
+
+class IdleCuller:
+    """Runs the checks and carries out their decisions."""
+
+    def __init__(
+        self,
+        *,
+        tracker: ActivityTracker,
+        config: PolicyConfig,
+        kernels: KernelWatcher,
+        terminals: TerminalWatcher | None,
+        kernel_manager: Any,
+        terminal_manager: Any,
+        stop_server: Callable[[str], None],
+        log: Any,
+        shutdown_grace: float = 30.0,
+    ) -> None:
+        self.tracker = tracker
+        self.config = config
+        self.kernels = kernels
+        self.terminals = terminals
+        self.km = kernel_manager
+        self.tm = terminal_manager
+        self.stop_server = stop_server
+        self.log = log
+        self.shutdown_grace = shutdown_grace
+        self.plan: Plan | None = None
+        self.stopping = False
+        # (rule, deadline) of the shutdown we have warned about
+        self._warned: tuple[str, float] | None = None
+
+    def describe(self) -> str:
+        """The effective policy in one line, for the start-up log."""
+        c = self.config
+        busy = "culled" if c.cull_busy else "kept"
+        if not c.cull_busy and c.max_busy_time > 0:
+            busy += f" up to max_busy_time {c.max_busy_time:g} s"
+        return (
+            f"culling kernels idle for {_describe_seconds(c.cull_idle_timeout)} "
+            f"(connected: {'culled' if c.cull_connected else 'kept'}, busy: {busy}), "
+            f"terminals idle for {_describe_seconds(c.terminal_timeout)}; "
+            f"shutting the server down after {_describe_seconds(c.server_idle_timeout)} "
+            f"without activity, at age {_describe_seconds(c.max_server_age)}, "
+            f"warning {_describe_seconds(c.shutdown_warning)} before; "
+            f"checking at least every {c.cull_interval:g} s"
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            next_check = self.tracker.clock() + self.config.cull_interval
+            try:
+                plan = await self.check()
+                next_check = plan.next_check
+            except Exception as e:
+                self.log.error("jupyter_idle_ext: check failed: %s", e)
+                self.log.debug("jupyter_idle_ext: check failed", exc_info=True)
+            if self.stopping:
+                return
+            delay = max(0.05, next_check - self.tracker.clock())
+            self.tracker.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.tracker.changed.wait(), delay)
+
+    def take_snapshot(self) -> Any:
+        terminals = self.terminals.states() if self.terminals else ()
+        return snapshot(self.tracker, self.kernels.states(), terminals)
+
+    async def check(self) -> Plan:
+        """One check: snapshot, decide, act."""
+        await self.kernels.refresh()
+        plan = decide(self.take_snapshot(), self.config)
+        self.plan = plan
+        culls = [self._act_on_kernel(d) for d in plan.kernels if d.action in ("cull", "remove")]
+        culls += [self._cull_terminal(d) for d in plan.terminals if d.action == "cull"]
+        if culls:
+            await asyncio.gather(*culls)
+        self._act_on_server(plan.server)
+        return plan
+
+    # -- kernels and terminals ---------------------------------------------------------------
+
+    async def _act_on_kernel(self, decision: Decision) -> None:
+        kernel_id = decision.id
+        try:
+            kernel = self.km.get_kernel(kernel_id)
+        except KeyError:
+            return
+        name = getattr(kernel, "kernel_name", "")
+        connections = getattr(self.km, "_kernel_connections", {}).get(kernel_id, 0)
+        if decision.action == "remove":
+            self.log.warning("Removing dead kernel '%s' (%s).", name, kernel_id)
+        else:
+            self.log.warning(
+                "Culling %s kernel '%s' (%s) with %d connections: %s.",
+                "busy" if getattr(kernel, "execution_state", "") == "busy" else "idle",
+                name,
+                kernel_id,
+                connections,
+                decision.reason,
+            )
+        await self.stop_kernel(kernel_id, now=decision.action == "remove")
+        self.kernels.sync()
+
+    async def stop_kernel(self, kernel_id: str, now: bool = False) -> None:
+        """Stop a kernel: politely first, then by force; never raises."""
+        try:
+            await asyncio.wait_for(
+                ensure_async(self.km.shutdown_kernel(kernel_id, now=now)), KERNEL_STOP_TIMEOUT
+            )
+            return
+        except KeyError:
+            return
+        except Exception as e:
+            self.log.warning(
+                "Kernel %s did not shut down cleanly (%s); stopping it now.", kernel_id, e
+            )
+        try:
+            if kernel_id in self.km:
+                await ensure_async(self.km.shutdown_kernel(kernel_id, now=True))
+        except Exception as e:
+            self.log.error("Could not stop kernel %s: %s", kernel_id, e)
+            if kernel_id in self.km:
+                self.km.remove_kernel(kernel_id)
+
+    async def _cull_terminal(self, decision: Decision) -> None:
+        self.log.warning("Culling terminal '%s': %s.", decision.id, decision.reason)
+        try:
+            await self.tm.terminate(decision.id, force=True)
+        except Exception as e:
+            self.log.error("Could not stop terminal %s: %s", decision.id, e)
+        self.tracker.remove("terminal", decision.id)
+
+    # -- the server --------------------------------------------------------------------------
+
+    def _act_on_server(self, decision: Decision) -> None:
+        if decision.action == "shutdown":
+            self.shutdown(decision)
+            return
+        if decision.action == "warn" and decision.deadline is not None:
+            target = (decision.rule, decision.deadline)
+            if self._warned is None or abs(self._warned[1] - decision.deadline) > 1:
+                self.log.warning(
+                    "The server will shut down at %s (in %d s): %s.",
+                    self.tracker.isoformat(decision.deadline),
+                    round(decision.deadline - self.tracker.clock()),
+                    decision.rule,
+                )
+            self._warned = target
+        elif self._warned is not None:
+            self.log.warning("Shutdown cancelled: %s.", decision.reason)
+            self._warned = None
+
+    def shutdown(self, decision: Decision) -> None:
+        """Stop the server; the process exits 0 within ``shutdown_grace`` whatever holds it up."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log.warning("Shutting down the server: %s.", decision.reason)
+        watchdog = threading.Timer(self.shutdown_grace, os._exit, args=(0,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.stop_server(decision.reason)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.kernels.detach_all()
+        if self.terminals is not None:
+            self.terminals.close()
