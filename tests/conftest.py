@@ -1,0 +1,61 @@
+"""Fixtures: an in-process jupyter_server with the extension started, on short timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import pytest
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+# Timeouts short enough for a fast suite, long enough for a kernel to start on a busy CI machine.
+# In-process servers never shut down (that would end pytest): server rules are tested on real
+# server processes (tests/servers.py).
+IN_PROCESS = {
+    "cull_idle_timeout": 3.0,
+    "cull_interval": 300.0,
+    "server_idle_timeout": 0.0,
+    "max_server_age": 0.0,
+}
+
+
+@pytest.fixture
+def idle_config(request: Any) -> dict[str, Any]:
+    """The IdleExtension options of the in-process server; a test changes some with
+    ``@pytest.mark.parametrize("idle_config", [{...}], indirect=True)``."""
+    return {**IN_PROCESS, **getattr(request, "param", {})}
+
+
+@pytest.fixture
+def jp_server_config(idle_config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"jupyter_idle_ext": True, "jupyter_server_terminals": True}
+        },
+        "IdleExtension": idle_config,
+    }
+
+
+@pytest.fixture
+def idle_app(jp_serverapp: Any, jp_asyncio_loop: Any) -> Any:
+    """The running extension, its background check started as a real server would."""
+    app = jp_serverapp.extension_manager.extension_points["jupyter_idle_ext"].app
+    jp_asyncio_loop.run_until_complete(app._start_jupyter_server_extension(jp_serverapp))
+    yield app
+    jp_asyncio_loop.run_until_complete(app.stop_extension())
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll (sync or async) ``predicate`` until truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,213 @@
+"""Kernel activity and culling with real ipykernel kernels in an in-process server (S2, S3, S6-S9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from jupyter_client.kernelspec import KernelSpecManager
+from tornado.httpclient import HTTPClientError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def start_kernel(jp_fetch: Any, name: str = "python3") -> str:
+    r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
+    kernel_id = json.loads(r.body)["id"]
+    return str(kernel_id)
+
+
+async def kernel_exists(jp_fetch: Any, kernel_id: str) -> bool:
+    try:
+        await jp_fetch("api", "kernels", kernel_id, method="GET")
+        return True
+    except HTTPClientError as e:
+        assert e.code == 404
+        return False
+
+
+async def ready_client(app: Any, kernel_id: str) -> Any:
+    """A client talking ZMQ to the kernel directly, as `jupyter console` or VS Code do."""
+    kernel = app.serverapp.kernel_manager.get_kernel(kernel_id)
+    client = kernel.client()
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    return client
+
+
+async def run(client: Any, code: str, timeout: float = 60) -> None:
+    reply = await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: None)
+    assert reply["content"]["status"] == "ok", reply["content"]
+
+
+def record(app: Any, kernel_id: str) -> Any:
+    return app.tracker.records[("kernel", kernel_id)]
+
+
+async def test_idle_kernel_is_culled_at_its_timeout(idle_app: Any, jp_fetch: Any) -> None:
+    kernel_id = await start_kernel(jp_fetch)
+    await wait_for(lambda: ("kernel", kernel_id) in idle_app.tracker.records, 30)
+    client = await ready_client(idle_app, kernel_id)
+    await run(client, "x = 1")
+    client.stop_channels()
+    ran = time.monotonic()
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    gone_after = time.monotonic() - ran
+    # culled at cull_idle_timeout (3 s) after the last execution, not cull_interval (300 s) later
+    assert 2.5 < gone_after < 6, gone_after
+
+
+async def _gone(jp_fetch: Any, kernel_id: str) -> bool:
+    return not await kernel_exists(jp_fetch, kernel_id)
+
+
+async def test_silent_busy_kernel_is_never_culled(idle_app: Any, jp_fetch: Any) -> None:
+    """S2: a silent cell running longer than every timeout is work; the clock starts at its end."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    cell = asyncio.ensure_future(run(client, "import time; time.sleep(8)"))
+    await wait_for(lambda: record(idle_app, kernel_id).busy_since is not None, 10)
+    await asyncio.sleep(7)
+    assert await kernel_exists(jp_fetch, kernel_id), "a busy kernel was culled"
+    await cell
+    ended = time.monotonic()
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    assert time.monotonic() - ended > 2.5, "the idle clock must start when the cell ends"
+    client.stop_channels()
+
+
+async def test_background_thread_output_is_activity(idle_app: Any, jp_fetch: Any) -> None:
+    """S3: a thread printing after its cell returned keeps the kernel active."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    code = (
+        "import threading, time\n"
+        "def work():\n"
+        "    for i in range(8):\n"
+        "        time.sleep(1)\n"
+        "        print('step', i, flush=True)\n"
+        "threading.Thread(target=work).start()\n"
+    )
+    await run(client, code)
+    await asyncio.sleep(7)
+    assert await kernel_exists(jp_fetch, kernel_id), "culled while its thread was printing"
+    assert record(idle_app, kernel_id).busy_since is None
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    client.stop_channels()
+
+
+async def test_kernel_info_and_reconnects_are_not_activity(
+    idle_app: Any, jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    """S6: reloads, reconnects and kernel_info/comm_info requests never reset the idle clock."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    await run(client, "x = 1")
+    ran = time.monotonic()
+    while await kernel_exists(jp_fetch, kernel_id):
+        assert time.monotonic() - ran < 8, "reconnects and kernel_info kept an idle kernel"
+        try:
+            ws = await asyncio.wait_for(jp_ws_fetch("api", "kernels", kernel_id, "channels"), 2)
+            await asyncio.sleep(0.3)
+            ws.close()
+        except Exception:
+            continue  # culled while connecting: the loop condition ends it
+        client.kernel_info()
+        client.comm_info()
+        await asyncio.sleep(0.3)
+    # culled cull_idle_timeout (3 s) after the execution, as if nothing had happened since
+    assert time.monotonic() - ran < 7
+    client.stop_channels()
+
+
+async def test_completion_and_inspection_are_activity(idle_app: Any, jp_fetch: Any) -> None:
+    """S7: typing that reaches the kernel (completion, inspection) keeps it."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    for _ in range(12):
+        client.complete("import o", 8)
+        client.inspect("print", 5)
+        await asyncio.sleep(0.5)
+    assert await kernel_exists(jp_fetch, kernel_id), "culled while the user was typing"
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    client.stop_channels()
+
+
+@pytest.mark.parametrize("idle_config", [{"max_busy_time": 5.0}], indirect=True)
+async def test_kernel_busy_past_the_cap_is_culled(
+    idle_app: Any, jp_fetch: Any, caplog: Any
+) -> None:
+    """S8: with max_busy_time, a silent busy kernel counts as stuck and is culled at the cap."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    client.execute("import time; time.sleep(600)")
+    await wait_for(lambda: record(idle_app, kernel_id).busy_since is not None, 10)
+    busy = time.monotonic()
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    assert 4.5 < time.monotonic() - busy < 9
+    assert "max_busy_time" in caplog.text
+    client.stop_channels()
+
+
+async def test_without_a_cap_a_busy_kernel_is_never_culled(idle_app: Any, jp_fetch: Any) -> None:
+    """S8, the other half: no cap configured, busy is busy however long."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    client.execute("import time; time.sleep(600)")
+    await wait_for(lambda: record(idle_app, kernel_id).busy_since is not None, 10)
+    await asyncio.sleep(8)
+    assert await kernel_exists(jp_fetch, kernel_id)
+    await idle_app.serverapp.kernel_manager.interrupt_kernel(kernel_id)
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    client.stop_channels()
+
+
+@pytest.mark.parametrize("idle_config", [{"cull_idle_timeout": 300.0}], indirect=True)
+async def test_killed_kernel_is_removed(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any, caplog: Any
+) -> None:
+    """S9: a kernel killed from outside is removed at the next check."""
+    kernel_id = await start_kernel(jp_fetch)
+    kernel = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    await wait_for(lambda: ("kernel", kernel_id) in idle_app.tracker.records, 30)
+    kernel.autorestart = False
+    os.kill(kernel.provisioner.process.pid, signal.SIGKILL)
+    await wait_for(lambda: kernel.provisioner.process.poll() is not None, 10)
+    idle_app.tracker.changed.set()  # "the next check": do not wait 300 s for it
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    assert "Removing dead kernel" in caplog.text
+
+
+@pytest.fixture
+def spec_with_override(jp_environ: Any, jp_data_dir: Any) -> str:
+    """A kernelspec like python3 whose metadata says never cull it."""
+    native = KernelSpecManager().get_kernel_spec("python3")
+    spec_dir = jp_data_dir / "kernels" / "never-cull"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": native.argv,
+                "display_name": "never cull",
+                "language": "python",
+                "metadata": {"cull_idle_timeout": 0},
+            }
+        )
+    )
+    return "never-cull"
+
+
+async def test_kernelspec_override_zero_never_culls(
+    idle_app: Any, jp_fetch: Any, spec_with_override: str
+) -> None:
+    kept = await start_kernel(jp_fetch, spec_with_override)
+    culled = await start_kernel(jp_fetch)
+    await wait_for(lambda: _gone(jp_fetch, culled), 30)
+    await asyncio.sleep(2)
+    assert await kernel_exists(jp_fetch, kept)
