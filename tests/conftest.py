@@ -59,3 +59,22 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def start_server(tmp_path: Any) -> Any:
+    """Start real ``jupyter server`` processes (tests/servers.py); all are stopped at teardown."""
+    from servers import ServerProcess
+
+    started: list[ServerProcess] = []
+
+    def start(*args: str, extension: bool = True, **kwargs: Any) -> ServerProcess:
+        root = tmp_path / f"root{len(started)}"
+        root.mkdir()
+        server = ServerProcess(root, extension=extension, args=args, **kwargs)
+        started.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in started:
+        server.stop()

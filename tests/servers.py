@@ -65,10 +65,12 @@ class ServerProcess:
             "--ip=127.0.0.1",
             f"--ServerApp.root_dir={root}",
             f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.jpserver_extensions={json.dumps(enabled)}",
+            f"--ServerApp.jpserver_extensions={enabled!r}",
             *args,
         ]
+        self.runtime_dir = root.parent / f"runtime-{self.port}"
         full_env = dict(os.environ)
+        full_env["JUPYTER_RUNTIME_DIR"] = str(self.runtime_dir)
         full_env.update(env or {})
         self._log_file = open(self.log_path, "w")  # noqa: SIM115 -- closed in stop()
         self.started = time.monotonic()
@@ -169,9 +171,7 @@ class ServerProcess:
 
     def connection_file(self, kernel_id: str) -> Path:
         """The kernel's connection file, for clients that talk ZMQ to it directly."""
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        return Path(jupyter_runtime_dir()) / f"kernel-{kernel_id}.json"
+        return self.runtime_dir / f"kernel-{kernel_id}.json"
 
 
 def execute_over_zmq(connection_file: Path, code: str, timeout: float = 60) -> dict[str, Any]:
