@@ -214,7 +214,9 @@ class IdleExtension(ExtensionApp):
         shutdown_timeouts = [t for t in (self.server_idle_timeout, self.max_server_age) if t > 0]
         warning: float | None = self.shutdown_warning
         if warning is None:
-            warning = min([300.0, *[t / 10 for t in shutdown_timeouts]]) if shutdown_timeouts else 0.0
+            warning = (
+                min([300.0, *[t / 10 for t in shutdown_timeouts]]) if shutdown_timeouts else 0.0
+            )
         for option in ("server_idle_timeout", "max_server_age"):
             timeout = getattr(self, option)
             if warning and timeout and warning >= timeout:

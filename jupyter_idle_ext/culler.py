@@ -129,19 +129,27 @@ class IdleCuller:
                 connections,
                 decision.reason,
             )
-        await self.stop_kernel(kernel_id, now=decision.action == "remove")
+        await self.stop_kernel(kernel_id, dead=decision.action == "remove")
         self.kernels.sync()
 
-    async def stop_kernel(self, kernel_id: str, now: bool = False) -> None:
-        """Stop a kernel: politely first, then by force; never raises."""
+    async def stop_kernel(self, kernel_id: str, dead: bool = False) -> None:
+        """Stop a kernel: politely first, then by force. Never raises: a kernel that cannot be
+        stopped now is logged and tried again at the next check."""
         try:
             await asyncio.wait_for(
-                ensure_async(self.km.shutdown_kernel(kernel_id, now=now)), KERNEL_STOP_TIMEOUT
+                ensure_async(self.km.shutdown_kernel(kernel_id, now=dead)), KERNEL_STOP_TIMEOUT
             )
             return
         except KeyError:
             return
         except Exception as e:
+            if dead:
+                self.log.warning(
+                    "Could not clean up dead kernel %s (%s); removing it.", kernel_id, e
+                )
+                if kernel_id in self.km:
+                    self.km.remove_kernel(kernel_id)
+                return
             self.log.warning(
                 "Kernel %s did not shut down cleanly (%s); stopping it now.", kernel_id, e
             )
@@ -149,9 +157,9 @@ class IdleCuller:
             if kernel_id in self.km:
                 await ensure_async(self.km.shutdown_kernel(kernel_id, now=True))
         except Exception as e:
-            self.log.error("Could not stop kernel %s: %s", kernel_id, e)
-            if kernel_id in self.km:
-                self.km.remove_kernel(kernel_id)
+            self.log.error(
+                "Could not stop kernel %s: %s; trying again at the next check.", kernel_id, e
+            )
 
     async def _cull_terminal(self, decision: Decision) -> None:
         self.log.warning("Culling terminal '%s': %s.", decision.id, decision.reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -211,3 +212,74 @@ async def test_kernelspec_override_zero_never_culls(
     await wait_for(lambda: _gone(jp_fetch, culled), 30)
     await asyncio.sleep(2)
     assert await kernel_exists(jp_fetch, kept)
+
+
+async def test_kernel_that_ignores_shutdown_is_stopped_anyway(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    kernel_id = await start_kernel(jp_fetch)
+    kernel = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    client = await ready_client(idle_app, kernel_id)
+    stubborn = (
+        "import signal\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "k = get_ipython().kernel\n"
+        "async def ignore(*args, **kwargs):\n"
+        "    pass\n"
+        "k.control_handlers['shutdown_request'] = ignore\n"
+        "k.shell_handlers['shutdown_request'] = ignore\n"
+    )
+    await run(client, stubborn)
+    process = kernel.provisioner.process
+    ran = time.monotonic()
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 40)
+    await wait_for(lambda: process.poll() is not None, 5)
+    # graceful first (jupyter_client waits shutdown_wait_time), then killed: bounded
+    assert time.monotonic() - ran < 3 + 15
+    client.stop_channels()
+
+
+async def test_a_kernel_that_cannot_be_stopped_does_not_stop_the_loop(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any, caplog: Any, monkeypatch: Any
+) -> None:
+    """Fault injection: shutting one kernel down fails; the others are culled on time and the
+    failing one is tried again at a later check."""
+    km = jp_serverapp.kernel_manager
+    broken = await start_kernel(jp_fetch)
+    healthy = await start_kernel(jp_fetch)
+    real_shutdown = km.shutdown_kernel
+    failures = []
+
+    async def shutdown_kernel(kernel_id: str, *args: Any, **kwargs: Any) -> Any:
+        if kernel_id == broken and len(failures) < 4:
+            failures.append(kernel_id)
+            raise RuntimeError("injected failure")
+        return await real_shutdown(kernel_id, *args, **kwargs)
+
+    monkeypatch.setattr(km, "shutdown_kernel", shutdown_kernel)
+    await wait_for(lambda: _gone(jp_fetch, healthy), 30)
+    await wait_for(lambda: _gone(jp_fetch, broken), 30)
+    assert len(failures) == 4
+    assert "Could not stop kernel" in caplog.text
+    assert "injected failure" in caplog.text
+
+
+async def test_other_extensions_report_activity(idle_app: Any, jp_serverapp: Any) -> None:
+    """The public API: another extension's source counts as activity, and busy keeps the server."""
+    from jupyter_idle_ext import record_activity, set_busy
+    from jupyter_idle_ext.policy import decide
+
+    settings = jp_serverapp.web_app.settings
+    before = idle_app.tracker.last_activity
+    await asyncio.sleep(0.05)
+    record_activity(settings, "my-extension")
+    assert idle_app.tracker.last_activity > before
+    config = dataclasses.replace(idle_app.policy, server_idle_timeout=1.0, shutdown_warning=0.0)
+    set_busy(settings, "my-extension", True)
+    await asyncio.sleep(1.2)
+    plan = decide(idle_app.culler.take_snapshot(), config)
+    assert plan.server.action == "keep"
+    assert "my-extension busy" in plan.server.reason
+    set_busy(settings, "my-extension", False)
+    await asyncio.sleep(1.2)
+    assert decide(idle_app.culler.take_snapshot(), config).server.action == "shutdown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
@@ -108,10 +109,9 @@ def test_max_server_age_stops_an_active_server(start_server: Any) -> None:
 
 
 def _ignore_errors(func: Any, *args: Any) -> None:
-    try:
+    # the server goes away under the client: that is the point of the test
+    with contextlib.suppress(Exception):
         func(*args)
-    except Exception:
-        pass  # the server went away under it: that is the point of the test
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -171,3 +171,33 @@ def _request(url: str, headers: dict[str, str]) -> Any:
     from tornado.httpclient import HTTPRequest
 
     return HTTPRequest(url, headers=headers)
+
+
+def test_idle_server_stops_although_kernels_still_exist(start_server: Any) -> None:
+    """Kernels that are never culled (cull_idle_timeout=0) do not keep an idle server."""
+    server = start_server(
+        "--IdleExtension.cull_idle_timeout=0",
+        "--IdleExtension.server_idle_timeout=8",
+        "--IdleExtension.shutdown_warning=0",
+    )
+    kernel_id = server.start_kernel()
+    ran = run_cell(server, kernel_id, "x = 1")
+    assert server.wait_exit(30) == 0
+    assert 7 <= time.monotonic() - ran < 8 + 3
+    log = server.log()
+    assert "Culling" not in log
+    assert "The server will shut down" not in log, "shutdown_warning=0 must not warn"
+
+
+def test_server_idle_timeout_zero_keeps_the_server(start_server: Any) -> None:
+    """The disabled path: kernels are still culled, the server stays up."""
+    server = start_server(
+        "--IdleExtension.cull_idle_timeout=3",
+        "--IdleExtension.server_idle_timeout=0",
+    )
+    kernel_id = server.start_kernel()
+    run_cell(server, kernel_id, "x = 1")
+    wait_until(lambda: kernel_id not in server.kernel_ids(), 20)
+    time.sleep(6)
+    assert server.running
+    assert "Shutting down" not in server.log()
