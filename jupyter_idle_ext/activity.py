@@ -50,6 +50,10 @@ class ActivityTracker:
         self.records: dict[tuple[str, str], Record] = {}
         # set when something appears or stops being busy, so the check loop can look again early
         self.changed = asyncio.Event()
+        # set by activity that follows a quiet stretch longer than resume_gap (the Hub reporter's
+        # interval), so the Hub hears at once that the server is used again
+        self.resumed = asyncio.Event()
+        self.resume_gap = float("inf")
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -62,12 +66,17 @@ class ActivityTracker:
             self.changed.set()
         return record
 
+    def _server_activity(self, now: float) -> None:
+        if now - self.last_activity > self.resume_gap:
+            self.resumed.set()
+        self.last_activity = max(self.last_activity, now)
+
     def touch(self, kind: str, id: str, name: str | None = None) -> None:
         """Record activity of a source now."""
         now = self.clock()
         record = self._record(kind, id, name)
         record.last_activity = now
-        self.last_activity = max(self.last_activity, now)
+        self._server_activity(now)
 
     def set_busy(self, kind: str, id: str, busy: bool, name: str | None = None) -> None:
         """Mark the start or the end of a source's busy period; both ends are activity."""
@@ -79,7 +88,7 @@ class ActivityTracker:
             record.busy_since = None
             self.changed.set()
         record.last_activity = now
-        self.last_activity = max(self.last_activity, now)
+        self._server_activity(now)
 
     def add(self, kind: str, id: str, name: str, last_activity: float) -> Record:
         """Start following a source whose last activity is already known (found between checks)."""

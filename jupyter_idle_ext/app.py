@@ -14,6 +14,7 @@ from traitlets.traitlets import DefaultHandler
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher
 from .culler import IdleCuller
+from .hub import HubEnvironment, HubReporter, silence_singleuser_reporter
 from .policy import PolicyConfig
 
 ENV_PREFIX = "JUPYTER_IDLE_"
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "max_server_age": 0.0,
     "shutdown_warning": None,
     "shutdown_grace": 30.0,
+    "hub_activity_interval": 300.0,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -145,6 +147,17 @@ class IdleExtension(ExtensionApp):
         ),
     )
 
+    hub_activity_interval = Float(
+        config=True,
+        help=(
+            "Under JupyterHub, report the execution-aware last activity to the Hub this often, "
+            "and only when it changed (default 300, jittered); jupyterhub-singleuser's own "
+            "reporter, which counts REST polling, is switched off. Seconds; 0 disables our "
+            f"reporter and leaves jupyterhub-singleuser's alone. Default from "
+            f"${env_name('hub_activity_interval')}, else $JUPYTERHUB_ACTIVITY_INTERVAL."
+        ),
+    )
+
     _default_cull_idle_timeout = _env_default("cull_idle_timeout")
     _default_cull_interval = _env_default("cull_interval")
     _default_cull_connected = _env_default("cull_connected")
@@ -155,10 +168,16 @@ class IdleExtension(ExtensionApp):
     _default_max_server_age = _env_default("max_server_age")
     _default_shutdown_warning = _env_default("shutdown_warning")
     _default_shutdown_grace = _env_default("shutdown_grace")
+    _default_hub_activity_interval = _env_default("hub_activity_interval")
 
     def _from_env(self, option: str) -> Any:
         fallback = DEFAULTS[option]
-        raw = os.environ.get(env_name(option), "").strip()
+        variable = env_name(option)
+        raw = os.environ.get(variable, "").strip()
+        if not raw and option == "hub_activity_interval":
+            # the admin's setting for jupyterhub-singleuser's reporter, which ours replaces
+            variable = "JUPYTERHUB_ACTIVITY_INTERVAL"
+            raw = os.environ.get(variable, "").strip()
         if not raw:
             return fallback
         trait = self.traits()[option]
@@ -168,14 +187,13 @@ class IdleExtension(ExtensionApp):
             if raw.lower() in _FALSE:
                 return False
             raise TraitError(
-                f"IdleExtension.{option}: ${env_name(option)}={raw!r} is not a boolean "
-                "(use true or false)"
+                f"IdleExtension.{option}: ${variable}={raw!r} is not a boolean (use true or false)"
             )
         try:
             return float(raw)
         except ValueError:
             raise TraitError(
-                f"IdleExtension.{option}: ${env_name(option)}={raw!r} is not a number of seconds"
+                f"IdleExtension.{option}: ${variable}={raw!r} is not a number of seconds"
             ) from None
 
     @validate(
@@ -185,6 +203,7 @@ class IdleExtension(ExtensionApp):
         "server_idle_timeout",
         "max_server_age",
         "shutdown_warning",
+        "hub_activity_interval",
     )
     def _validate_seconds(self, proposal: Any) -> float | None:
         value = proposal["value"]
@@ -246,13 +265,18 @@ class IdleExtension(ExtensionApp):
         except TraitError as e:
             serverapp.log.critical("jupyter_idle_ext: invalid configuration: %s", e)
             raise SystemExit(1) from e
+        self.hub = HubEnvironment.from_environ() if self.hub_activity_interval > 0 else None
+        if self.hub is not None:
+            # before jupyterhub-singleuser's reporter makes its first post at start-up
+            silence_singleuser_reporter(serverapp, self.log)
 
     # -- life cycle --------------------------------------------------------------------------
 
     def initialize_settings(self) -> None:
         self.tracker = ActivityTracker()
         self.culler: IdleCuller | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.reporter: HubReporter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.settings[SETTINGS_KEY] = self.tracker
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -272,7 +296,17 @@ class IdleExtension(ExtensionApp):
         )
         self._listen_for_kernels(serverapp)
         self.log.info("jupyter_idle_ext: %s", self.culler.describe())
-        self._task = asyncio.create_task(self.culler.run())
+        self._tasks.append(asyncio.create_task(self.culler.run()))
+        if self.hub is not None:
+            silence_singleuser_reporter(serverapp, self.log)
+            self.reporter = HubReporter(
+                hub=self.hub,
+                tracker=self.tracker,
+                last_activity=self.culler.reported_activity,
+                interval=self.hub_activity_interval,
+                log=self.log,
+            )
+            self._tasks.append(asyncio.create_task(self.reporter.run()))
 
     def _listen_for_kernels(self, serverapp: Any) -> None:
         """Look again as soon as a kernel starts, so its own timeout is checked on time."""
@@ -288,16 +322,21 @@ class IdleExtension(ExtensionApp):
             listener=on_kernel_action,
         )
 
-    def stop_server(self, reason: str) -> None:
-        """Stop the whole server the way Ctrl-C would: kernels, terminals, extensions, loop."""
+    async def stop_server(self, reason: str) -> None:
+        """Stop the whole server the way Ctrl-C would: kernels, terminals, extensions, loop.
+
+        Under a Hub that lets the server stop itself, ask the Hub first, so it records the stop
+        at once instead of at its next poll."""
         assert self.serverapp is not None
+        if self.reporter is not None:
+            await self.reporter.stop_server()
         self.serverapp.stop()
 
     async def stop_extension(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
         if self.culler is not None:
             self.culler.close()

@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import os
 import threading
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 from jupyter_core.utils import ensure_async
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
-from .policy import Decision, Plan, PolicyConfig, decide
+from .policy import Decision, Plan, PolicyConfig, decide, reported_activity
 
 # how long a kernel gets to honour a shutdown_request before it is killed
 KERNEL_STOP_TIMEOUT = 30.0
@@ -40,7 +41,7 @@ class IdleCuller:
         terminals: TerminalWatcher | None,
         kernel_manager: Any,
         terminal_manager: Any,
-        stop_server: Callable[[str], None],
+        stop_server: Callable[[str], Awaitable[None]],
         log: Any,
         shutdown_grace: float = 30.0,
     ) -> None:
@@ -105,8 +106,12 @@ class IdleCuller:
         culls += [self._cull_terminal(d) for d in plan.terminals if d.action == "cull"]
         if culls:
             await asyncio.gather(*culls)
-        self._act_on_server(plan.server)
+        await self._act_on_server(plan.server)
         return plan
+
+    def reported_activity(self) -> float:
+        """The server's last activity as the Hub should see it (now while a kernel works)."""
+        return reported_activity(self.take_snapshot(), self.config)
 
     # -- kernels and terminals ---------------------------------------------------------------
 
@@ -171,9 +176,9 @@ class IdleCuller:
 
     # -- the server --------------------------------------------------------------------------
 
-    def _act_on_server(self, decision: Decision) -> None:
+    async def _act_on_server(self, decision: Decision) -> None:
         if decision.action == "shutdown":
-            self.shutdown(decision)
+            await self.shutdown(decision)
             return
         if decision.action == "warn" and decision.deadline is not None:
             target = (decision.rule, decision.deadline)
@@ -189,7 +194,7 @@ class IdleCuller:
             self.log.warning("Shutdown cancelled: %s.", decision.reason)
             self._warned = None
 
-    def shutdown(self, decision: Decision) -> None:
+    async def shutdown(self, decision: Decision) -> None:
         """Stop the server; the process exits 0 within ``shutdown_grace`` whatever holds it up."""
         if self.stopping:
             return
@@ -198,7 +203,7 @@ class IdleCuller:
         watchdog = threading.Timer(self.shutdown_grace, os._exit, args=(0,))
         watchdog.daemon = True
         watchdog.start()
-        self.stop_server(decision.reason)
+        await self.stop_server(decision.reason)
 
     def close(self) -> None:
         self.stopping = True

@@ -220,6 +220,11 @@ def _busy_reason(snapshot: Snapshot, config: PolicyConfig) -> str | None:
     return None
 
 
+def reported_activity(snapshot: Snapshot, config: PolicyConfig) -> float:
+    """The last activity to tell the Hub: now while something works, else the last activity."""
+    return snapshot.now if _busy_reason(snapshot, config) else snapshot.last_activity
+
+
 def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
     """Shut the server down, warn that it will, or keep it, with the rule that decides."""
     now = snapshot.now
