@@ -54,6 +54,8 @@ class ActivityTracker:
         # interval), so the Hub hears at once that the server is used again
         self.resumed = asyncio.Event()
         self.resume_gap = float("inf")
+        # a user's keep-alive: the server is not shut down for idleness before this time
+        self.keepalive_until: float | None = None
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -100,6 +102,19 @@ class ActivityTracker:
     def remove(self, kind: str, id: str) -> None:
         """Forget a source; its activity still counts for the server's last activity."""
         self.records.pop((kind, id), None)
+
+    def keep_alive(self, seconds: float) -> float:
+        """Keep the server up for ``seconds`` from now (replacing any earlier keep-alive)."""
+        self.keepalive_until = self.clock() + seconds
+        self.changed.set()
+        return self.keepalive_until
+
+    def cancel_keepalive(self) -> bool:
+        """End the keep-alive; True when there was one in force."""
+        active = self.keepalive_until is not None and self.keepalive_until > self.clock()
+        self.keepalive_until = None
+        self.changed.set()
+        return active
 
     def of_kind(self, kind: str) -> list[Record]:
         return [r for r in self.records.values() if r.kind == kind]
@@ -299,7 +314,6 @@ def snapshot(
     tracker: ActivityTracker,
     kernels: tuple[KernelState, ...],
     terminals: tuple[TerminalState, ...],
-    keepalive_until: float | None = None,
 ) -> Snapshot:
     """Everything the policy needs, read now."""
     sources = tuple(
@@ -312,5 +326,5 @@ def snapshot(
         kernels=kernels,
         terminals=terminals,
         sources=sources,
-        keepalive_until=keepalive_until,
+        keepalive_until=tracker.keepalive_until,
     )

@@ -9,13 +9,18 @@ import os
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
+from tornado import web
 from traitlets import Bool, Float, TraitError, default, validate
 from traitlets.traitlets import DefaultHandler
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher
 from .culler import IdleCuller
+from .events import emit_event, register_schema
+from .handlers import default_handlers
 from .hub import HubEnvironment, HubReporter, silence_singleuser_reporter
+from .metrics import IDLE_SECONDS, KEEPALIVES, SECONDS_TO_SHUTDOWN
 from .policy import PolicyConfig
+from .status import build_status
 
 ENV_PREFIX = "JUPYTER_IDLE_"
 SETTINGS_KEY = "jupyter_idle_ext_tracker"
@@ -33,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "shutdown_warning": None,
     "shutdown_grace": 30.0,
     "hub_activity_interval": 300.0,
+    "max_keepalive": 3600.0,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -158,6 +164,16 @@ class IdleExtension(ExtensionApp):
         ),
     )
 
+    max_keepalive = Float(
+        config=True,
+        help=_seconds_help(
+            "The longest keep-alive a user may ask for with POST api/idle/keepalive (default "
+            "3600). A keep-alive holds off the idle shutdown, never max_server_age.",
+            "max_keepalive",
+            "disables keep-alives (the endpoint answers 403)",
+        ),
+    )
+
     _default_cull_idle_timeout = _env_default("cull_idle_timeout")
     _default_cull_interval = _env_default("cull_interval")
     _default_cull_connected = _env_default("cull_connected")
@@ -169,6 +185,7 @@ class IdleExtension(ExtensionApp):
     _default_shutdown_warning = _env_default("shutdown_warning")
     _default_shutdown_grace = _env_default("shutdown_grace")
     _default_hub_activity_interval = _env_default("hub_activity_interval")
+    _default_max_keepalive = _env_default("max_keepalive")
 
     def _from_env(self, option: str) -> Any:
         fallback = DEFAULTS[option]
@@ -204,6 +221,7 @@ class IdleExtension(ExtensionApp):
         "max_server_age",
         "shutdown_warning",
         "hub_activity_interval",
+        "max_keepalive",
     )
     def _validate_seconds(self, proposal: Any) -> float | None:
         value = proposal["value"]
@@ -261,7 +279,9 @@ class IdleExtension(ExtensionApp):
         try:
             super()._link_jupyter_server_extension(serverapp)
             self.policy = self.policy_config()
-            self.shutdown_grace  # noqa: B018 -- read now, so a bad value fails at start
+            # read now, so a bad value fails at start
+            self.shutdown_grace  # noqa: B018
+            self.max_keepalive  # noqa: B018
         except TraitError as e:
             serverapp.log.critical("jupyter_idle_ext: invalid configuration: %s", e)
             raise SystemExit(1) from e
@@ -278,12 +298,19 @@ class IdleExtension(ExtensionApp):
         self.reporter: HubReporter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.settings[SETTINGS_KEY] = self.tracker
+        register_schema(self.serverapp)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(default_handlers)
+
+    def emit(self, data: dict[str, Any]) -> None:
+        emit_event(self.serverapp, data, self.log)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         terminal_manager = serverapp.web_app.settings.get("terminal_manager")
         kernels = KernelWatcher(serverapp.kernel_manager, self.tracker, self.log)
         terminals = TerminalWatcher(terminal_manager, self.tracker) if terminal_manager else None
-        self.culler = IdleCuller(
+        self.culler = culler = IdleCuller(
             tracker=self.tracker,
             config=self.policy,
             kernels=kernels,
@@ -293,20 +320,83 @@ class IdleExtension(ExtensionApp):
             stop_server=self.stop_server,
             log=self.log,
             shutdown_grace=self.shutdown_grace,
+            emit=self.emit,
         )
         self._listen_for_kernels(serverapp)
-        self.log.info("jupyter_idle_ext: %s", self.culler.describe())
-        self._tasks.append(asyncio.create_task(self.culler.run()))
+        self.log.info("jupyter_idle_ext: %s", culler.describe())
+        self._tasks.append(asyncio.create_task(culler.run()))
+        IDLE_SECONDS.set_function(
+            lambda: max(0.0, self.tracker.clock() - culler.reported_activity())
+        )
+        SECONDS_TO_SHUTDOWN.set_function(culler.seconds_to_shutdown)
         if self.hub is not None:
             silence_singleuser_reporter(serverapp, self.log)
             self.reporter = HubReporter(
                 hub=self.hub,
                 tracker=self.tracker,
-                last_activity=self.culler.reported_activity,
+                last_activity=culler.reported_activity,
                 interval=self.hub_activity_interval,
                 log=self.log,
             )
             self._tasks.append(asyncio.create_task(self.reporter.run()))
+
+    # -- surfaces ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The status document of GET api/idle."""
+        if self.culler is None:
+            raise web.HTTPError(503, "jupyter_idle_ext is starting")
+        if self.reporter is not None:
+            note = "reporting execution activity to the Hub"
+        elif self.hub_activity_interval <= 0:
+            note = "hub_activity_interval is 0"
+        else:
+            note = "not running under JupyterHub"
+        return build_status(
+            tracker=self.tracker,
+            snapshot=self.culler.take_snapshot(),
+            config=self.policy,
+            reporter=self.reporter,
+            hub_note=note,
+            keepalive_cap=self.max_keepalive,
+        )
+
+    def grant_keepalive(self, seconds: float) -> dict[str, Any]:
+        until = self.tracker.isoformat(self.tracker.keep_alive(seconds))
+        self.log.warning(
+            "Keep-alive granted: no idle shutdown before %s (%g s)%s.",
+            until,
+            seconds,
+            "; max_server_age still applies" if self.policy.max_server_age > 0 else "",
+        )
+        KEEPALIVES.labels("granted").inc()
+        self.emit(
+            {
+                "action": "keepalive_granted",
+                "kind": "server",
+                "id": "",
+                "reason": f"a user asked for {seconds:g} s",
+                "rule": "keepalive",
+                "at": until,
+            }
+        )
+        return {"until": until, "seconds": seconds}
+
+    def cancel_keepalive(self) -> bool:
+        cancelled = self.tracker.cancel_keepalive()
+        if cancelled:
+            self.log.warning("Keep-alive cancelled.")
+            KEEPALIVES.labels("cancelled").inc()
+            self.emit(
+                {
+                    "action": "keepalive_cancelled",
+                    "kind": "server",
+                    "id": "",
+                    "reason": "a user cancelled it",
+                    "rule": "keepalive",
+                }
+            )
+        return cancelled
 
     def _listen_for_kernels(self, serverapp: Any) -> None:
         """Look again as soon as a kernel starts, so its own timeout is checked on time."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from jupyter_core.utils import ensure_async
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
+from .metrics import KERNELS_CULLED, TERMINALS_CULLED
 from .policy import Decision, Plan, PolicyConfig, decide, reported_activity
 
 # how long a kernel gets to honour a shutdown_request before it is killed
@@ -44,6 +45,7 @@ class IdleCuller:
         stop_server: Callable[[str], Awaitable[None]],
         log: Any,
         shutdown_grace: float = 30.0,
+        emit: Callable[[dict[str, Any]], None] = lambda event: None,
     ) -> None:
         self.tracker = tracker
         self.config = config
@@ -54,6 +56,7 @@ class IdleCuller:
         self.stop_server = stop_server
         self.log = log
         self.shutdown_grace = shutdown_grace
+        self.emit = emit
         self.plan: Plan | None = None
         self.stopping = False
         # (rule, deadline) of the shutdown we have warned about
@@ -109,6 +112,12 @@ class IdleCuller:
         await self._act_on_server(plan.server)
         return plan
 
+    def seconds_to_shutdown(self) -> float:
+        """Seconds until the server shuts down, or -1 while nothing will shut it down."""
+        snap = self.take_snapshot()
+        deadline = decide(snap, self.config).server.deadline
+        return -1.0 if deadline is None else max(0.0, deadline - snap.now)
+
     def reported_activity(self) -> float:
         """The server's last activity as the Hub should see it (now while a kernel works)."""
         return reported_activity(self.take_snapshot(), self.config)
@@ -136,6 +145,19 @@ class IdleCuller:
             )
         await self.stop_kernel(kernel_id, dead=decision.action == "remove")
         self.kernels.sync()
+        rule = decision.rule or "dead"
+        KERNELS_CULLED.labels(rule).inc()
+        self.emit(
+            {
+                "action": "kernel_removed" if decision.action == "remove" else "kernel_culled",
+                "kind": "kernel",
+                "id": kernel_id,
+                "name": name,
+                "reason": decision.reason,
+                "rule": rule,
+                "idle_seconds": round(decision.idle, 1),
+            }
+        )
 
     async def stop_kernel(self, kernel_id: str, dead: bool = False) -> None:
         """Stop a kernel: politely first, then by force. Never raises: a kernel that cannot be
@@ -173,6 +195,17 @@ class IdleCuller:
         except Exception as e:
             self.log.error("Could not stop terminal %s: %s", decision.id, e)
         self.tracker.remove("terminal", decision.id)
+        TERMINALS_CULLED.labels(decision.rule).inc()
+        self.emit(
+            {
+                "action": "terminal_culled",
+                "kind": "terminal",
+                "id": decision.id,
+                "reason": decision.reason,
+                "rule": decision.rule,
+                "idle_seconds": round(decision.idle, 1),
+            }
+        )
 
     # -- the server --------------------------------------------------------------------------
 
@@ -181,18 +214,33 @@ class IdleCuller:
             await self.shutdown(decision)
             return
         if decision.action == "warn" and decision.deadline is not None:
-            target = (decision.rule, decision.deadline)
             if self._warned is None or abs(self._warned[1] - decision.deadline) > 1:
+                at = self.tracker.isoformat(decision.deadline)
                 self.log.warning(
                     "The server will shut down at %s (in %d s): %s.",
-                    self.tracker.isoformat(decision.deadline),
+                    at,
                     round(decision.deadline - self.tracker.clock()),
                     decision.rule,
                 )
-            self._warned = target
+                self._server_event("shutdown_warned", decision, at=at)
+            self._warned = (decision.rule, decision.deadline)
         elif self._warned is not None:
             self.log.warning("Shutdown cancelled: %s.", decision.reason)
+            self._server_event("shutdown_cancelled", decision)
             self._warned = None
+
+    def _server_event(self, action: str, decision: Decision, **extra: Any) -> None:
+        self.emit(
+            {
+                "action": action,
+                "kind": "server",
+                "id": "",
+                "reason": decision.reason,
+                "rule": decision.rule,
+                "idle_seconds": round(decision.idle, 1),
+                **extra,
+            }
+        )
 
     async def shutdown(self, decision: Decision) -> None:
         """Stop the server; the process exits 0 within ``shutdown_grace`` whatever holds it up."""
@@ -200,6 +248,7 @@ class IdleCuller:
             return
         self.stopping = True
         self.log.warning("Shutting down the server: %s.", decision.reason)
+        self._server_event("shutdown_started", decision)
         watchdog = threading.Timer(self.shutdown_grace, os._exit, args=(0,))
         watchdog.daemon = True
         watchdog.start()

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .activity import ActivityTracker
+from .metrics import HUB_REPORTS
 
 # bounded retries of one report: waits of about 1, 2, 4, 8 s (jittered), never past the interval
 RETRIES = 4
@@ -143,6 +144,7 @@ class HubReporter:
                 await self.http.fetch(request)
             except Exception as e:
                 self.failures += 1
+                HUB_REPORTS.labels("error").inc()
                 self.last_error = _describe_error(e)
                 self.log.debug("Error notifying Hub of activity", exc_info=True)
                 self.log.error("Error notifying Hub of activity: %s", self.last_error)
@@ -151,6 +153,7 @@ class HubReporter:
                     return False
                 await self.sleep(min(2**attempt * (0.5 + random.random()), self.interval))
                 continue
+            HUB_REPORTS.labels("ok").inc()
             self.last_sent = when
             self.last_report = stamp
             self.last_error = None

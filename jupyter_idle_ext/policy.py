@@ -221,8 +221,12 @@ def _busy_reason(snapshot: Snapshot, config: PolicyConfig) -> str | None:
 
 
 def reported_activity(snapshot: Snapshot, config: PolicyConfig) -> float:
-    """The last activity to tell the Hub: now while something works, else the last activity."""
-    return snapshot.now if _busy_reason(snapshot, config) else snapshot.last_activity
+    """The last activity to tell the Hub: now while something works or a keep-alive is in force
+    (so the Hub's own culler respects it too), else the last activity."""
+    keepalive = snapshot.keepalive_until is not None and snapshot.keepalive_until > snapshot.now
+    if keepalive or _busy_reason(snapshot, config):
+        return snapshot.now
+    return snapshot.last_activity
 
 
 def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
@@ -245,15 +249,17 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
         if busy is not None:
             keep_reason = busy
         else:
+            timeout = _seconds(config.server_idle_timeout)
             deadline = snapshot.last_activity + config.server_idle_timeout
-            reason = (
-                f"idle {_seconds(idle)} >= server_idle_timeout "
-                f"{_seconds(config.server_idle_timeout)}"
+            rule, reason = (
+                "server_idle_timeout",
+                f"idle {_seconds(idle)} >= server_idle_timeout {timeout}",
             )
             if snapshot.keepalive_until is not None and snapshot.keepalive_until > deadline:
                 deadline = snapshot.keepalive_until
-                keep_reason = "keep-alive"
-            candidates.append((deadline, "server_idle_timeout", reason))
+                rule = "keepalive"
+                reason = f"keep-alive ended, idle {_seconds(idle)} >= server_idle_timeout {timeout}"
+            candidates.append((deadline, rule, reason))
     else:
         keep_reason = "server_idle_timeout is 0"
     if not candidates:
@@ -271,8 +277,8 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             idle=idle,
             rule=rule,
         )
-    if rule == "server_idle_timeout" and keep_reason == "keep-alive":
-        reason = f"keep-alive until the deadline, idle {_seconds(idle)}"
+    if rule == "keepalive":
+        reason = f"keep-alive in force, idle {_seconds(idle)}"
     elif rule == "server_idle_timeout":
         reason = f"idle {_seconds(idle)}, shuts down at server_idle_timeout"
     else:

@@ -1,0 +1,124 @@
+"""The status document: what the server, each kernel and terminal are doing and what will happen.
+
+Built from the same snapshot and decisions the check loop acts on, so it can never disagree with
+it; reading it changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from .activity import ActivityTracker
+from .hub import HubReporter
+from .policy import Plan, PolicyConfig, Snapshot, decide, reported_activity
+
+# SageMaker's /api/idle format, which platforms that poll it parse
+SAGEMAKER_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"
+
+
+def _round(seconds: float) -> float:
+    return round(max(0.0, seconds), 1)
+
+
+def build_status(
+    *,
+    tracker: ActivityTracker,
+    snapshot: Snapshot,
+    config: PolicyConfig,
+    reporter: HubReporter | None,
+    hub_note: str,
+    keepalive_cap: float,
+    plan: Plan | None = None,
+) -> dict[str, Any]:
+    plan = plan or decide(snapshot, config)
+    now = snapshot.now
+
+    def iso(monotonic: float | None) -> str | None:
+        return None if monotonic is None else tracker.isoformat(monotonic)
+
+    active = reported_activity(snapshot, config)
+    server = plan.server
+    warning = None
+    if server.action == "warn":
+        warning = {
+            "shutdown_at": iso(server.deadline),
+            "rule": server.rule,
+            "reason": server.reason,
+        }
+    keepalive = None
+    if snapshot.keepalive_until is not None and snapshot.keepalive_until > now:
+        keepalive = {
+            "until": iso(snapshot.keepalive_until),
+            "seconds_left": _round(snapshot.keepalive_until - now),
+        }
+    kernels = []
+    for state, decision in zip(snapshot.kernels, plan.kernels):
+        if not state.alive:
+            execution_state = "dead"
+        else:
+            execution_state = "busy" if state.busy_since is not None else "idle"
+        kernels.append(
+            {
+                "id": state.id,
+                "name": state.name,
+                "execution_state": execution_state,
+                "last_activity": iso(state.last_activity),
+                "idle_seconds": _round(now - state.last_activity),
+                "busy_seconds": None
+                if state.busy_since is None
+                else _round(now - state.busy_since),
+                "connections": state.connections,
+                "action": decision.action,
+                "reason": decision.reason,
+                "cull_at": iso(decision.deadline) if decision.action == "keep" else None,
+            }
+        )
+    terminals = [
+        {
+            "name": state.name,
+            "last_activity": iso(state.last_activity),
+            "idle_seconds": _round(now - state.last_activity),
+            "action": decision.action,
+            "reason": decision.reason,
+            "cull_at": iso(decision.deadline) if decision.action == "keep" else None,
+        }
+        for state, decision in zip(snapshot.terminals, plan.terminals)
+    ]
+    hub: dict[str, Any] = {"enabled": reporter is not None, "note": hub_note}
+    if reporter is not None:
+        hub.update(
+            {
+                "interval": reporter.interval,
+                "server_name": reporter.hub.server_name,
+                "last_report": reporter.last_report,
+                "last_error": reporter.last_error,
+                "posts": reporter.posts,
+                "failures": reporter.failures,
+            }
+        )
+    wall_active = datetime.fromtimestamp(tracker.to_wall(active), tz=timezone.utc)
+    return {
+        "now": iso(now),
+        "started": iso(snapshot.started),
+        "last_activity": iso(active),
+        "lastActiveTimestamp": wall_active.strftime(SAGEMAKER_FORMAT),
+        "idle_seconds": _round(now - active),
+        "server": {
+            "action": server.action,
+            "rule": server.rule or None,
+            "reason": server.reason,
+            "shutdown_at": iso(server.deadline),
+            "seconds_to_shutdown": None
+            if server.deadline is None
+            else _round(server.deadline - now),
+            "warning": warning,
+        },
+        "keepalive": keepalive,
+        "keepalive_cap_seconds": keepalive_cap,
+        "kernels": kernels,
+        "terminals": terminals,
+        "hub": hub,
+        "policy": asdict(config),
+    }
