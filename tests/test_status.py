@@ -1,0 +1,216 @@
+"""The status endpoint, keep-alive, metrics and events through the real server (S1, S2, S8, S11)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from test_kernels import _gone, ready_client, start_kernel
+from tornado.httpclient import HTTPClientError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def status(jp_fetch: Any) -> dict[str, Any]:
+    r = await jp_fetch("api", "idle", method="GET")
+    return dict(json.loads(r.body))
+
+
+async def keepalive(jp_fetch: Any, body: Any, method: str = "POST") -> tuple[int, dict[str, Any]]:
+    try:
+        kwargs = {"body": body if isinstance(body, str) else json.dumps(body)} if body else {}
+        r = await jp_fetch("api", "idle", "keepalive", method=method, **kwargs)
+        return r.code, json.loads(r.body)
+    except HTTPClientError as e:
+        return e.code, json.loads(e.response.body) if e.response else {}
+
+
+def kernel_entry(doc: dict[str, Any], kernel_id: str) -> dict[str, Any]:
+    return next(k for k in doc["kernels"] if k["id"] == kernel_id)
+
+
+async def test_status_explains_an_idle_kernel(idle_app: Any, jp_fetch: Any) -> None:
+    """S1: an idle kernel shows its cull deadline and why."""
+    kernel_id = await start_kernel(jp_fetch)
+    await wait_for(lambda: ("kernel", kernel_id) in idle_app.tracker.records, 30)
+    doc = await status(jp_fetch)
+    entry = kernel_entry(doc, kernel_id)
+    assert entry["action"] == "keep"
+    assert entry["execution_state"] == "idle"
+    assert entry["cull_at"].endswith("Z")
+    assert "cull_idle_timeout" in entry["reason"]
+    assert doc["now"].endswith("Z") and doc["last_activity"].endswith("Z")
+    assert doc["lastActiveTimestamp"].endswith("z")  # SageMaker's format
+    assert doc["policy"]["cull_idle_timeout"] == 3.0
+    assert doc["hub"] == {"enabled": False, "note": "not running under JupyterHub"}
+    # reading the status is not activity: the kernel is still culled on time
+    while not await _gone(jp_fetch, kernel_id):
+        await status(jp_fetch)
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("idle_config", [{"max_busy_time": 4.0}], indirect=True)
+async def test_status_explains_a_busy_kernel_and_its_cap(idle_app: Any, jp_fetch: Any) -> None:
+    """S2 and S8: a busy kernel says how long it has been busy, and the cap is its deadline."""
+    kernel_id = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, kernel_id)
+    client.execute("import time; time.sleep(60)")
+    await wait_for(lambda: idle_app.tracker.records[("kernel", kernel_id)].busy_since, 10)
+    doc = await status(jp_fetch)
+    entry = kernel_entry(doc, kernel_id)
+    assert entry["execution_state"] == "busy"
+    assert entry["reason"].startswith("busy for")
+    assert entry["busy_seconds"] is not None
+    assert entry["cull_at"] is not None  # busy_since + max_busy_time
+    assert doc["idle_seconds"] == 0.0, "a working server is not idle"
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 20)
+    client.stop_channels()
+
+
+async def test_unauthenticated_requests_are_refused(
+    jp_serverapp: Any, http_server_client: Any
+) -> None:
+    for path, method, body in (
+        ("/a%40b/api/idle", "GET", None),
+        ("/a%40b/api/idle/keepalive", "POST", '{"seconds": 60}'),
+        ("/a%40b/api/idle/keepalive", "DELETE", None),
+    ):
+        with pytest.raises(HTTPClientError) as e:
+            await http_server_client.fetch(path, method=method, body=body)
+        assert e.value.code == 403, path
+
+
+@pytest.mark.parametrize("idle_config", [{"max_keepalive": 600.0}], indirect=True)
+async def test_keepalive_refusals_change_nothing(idle_app: Any, jp_fetch: Any) -> None:
+    for body, code, words in (
+        ({"seconds": 601}, 400, "max_keepalive"),
+        ("{not json", 400, "JSON"),
+        ({"seconds": -5}, 400, "> 0"),
+        ({"seconds": "600"}, 400, "number"),
+        ({"seconds": True}, 400, "number"),
+        ({"hours": 1}, 400, "seconds"),
+        ("[600]", 400, "seconds"),
+        ({"seconds": 1e308 * 10}, 400, "number"),
+        ("x" * 10000, 413, "larger"),
+    ):
+        got, answer = await keepalive(jp_fetch, body)
+        assert got == code, (body, answer)
+        assert words in answer["message"], (body, answer)
+        assert (await status(jp_fetch))["keepalive"] is None
+    assert idle_app.tracker.keepalive_until is None
+
+
+@pytest.mark.parametrize("idle_config", [{"max_keepalive": 0.0}], indirect=True)
+async def test_keepalive_disabled_answers_403(idle_app: Any, jp_fetch: Any) -> None:
+    code, answer = await keepalive(jp_fetch, {"seconds": 60})
+    assert code == 403
+    assert "max_keepalive = 0" in answer["message"]
+    assert idle_app.tracker.keepalive_until is None
+
+
+async def test_keepalive_granted_shown_and_cancelled(
+    idle_app: Any, jp_fetch: Any, caplog: Any
+) -> None:
+    code, answer = await keepalive(jp_fetch, {"seconds": 1800})
+    assert code == 200
+    until = answer["keepalive"]["until"]
+    doc = await status(jp_fetch)
+    assert doc["keepalive"]["until"] == until
+    assert 1790 < doc["keepalive"]["seconds_left"] <= 1800
+    assert "Keep-alive granted" in caplog.text
+    code, answer = await keepalive(jp_fetch, None, method="DELETE")
+    assert (code, answer) == (200, {"cancelled": True})
+    assert (await status(jp_fetch))["keepalive"] is None
+    assert "Keep-alive cancelled" in caplog.text
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_metrics_move_when_a_kernel_is_culled(idle_app: Any, jp_fetch: Any) -> None:
+    before = (await jp_fetch("metrics", method="GET")).body.decode()
+    kernel_id = await start_kernel(jp_fetch)
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    after = (await jp_fetch("metrics", method="GET")).body.decode()
+    name = 'jupyter_idle_ext_kernels_culled_total{reason="cull_idle_timeout"}'
+    assert metric(after, name) == metric(before, name) + 1
+    assert "jupyter_idle_ext_idle_seconds" in after
+    assert "jupyter_idle_ext_seconds_to_shutdown -1.0" in after  # in-process: no shutdown rule
+
+
+async def test_events_reach_a_subscribed_client(
+    idle_app: Any, jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    ws = await jp_ws_fetch("api", "events", "subscribe")
+    kernel_id = await start_kernel(jp_fetch)
+    code, _ = await keepalive(jp_fetch, {"seconds": 60})
+    assert code == 200
+    actions = {}
+    deadline = time.monotonic() + 30
+    while "kernel_culled" not in actions:
+        assert time.monotonic() < deadline, actions
+        message = await asyncio.wait_for(ws.read_message(), deadline - time.monotonic())
+        event = json.loads(message)
+        if event.get("schema_id", "").startswith("https://events.jupyter.org/jupyter_idle_ext"):
+            actions[event["action"]] = event
+    assert actions["kernel_culled"]["id"] == kernel_id
+    assert "cull_idle_timeout" in actions["kernel_culled"]["reason"]
+    assert actions["keepalive_granted"]["at"].endswith("Z")
+    ws.close()
+
+
+def test_keepalive_holds_the_server_until_it_expires(start_server: Any) -> None:
+    """S11 with a real server: granted up to the cap, shown in status, holds until it ends."""
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=5",
+        "--IdleExtension.shutdown_warning=2",
+        "--IdleExtension.max_keepalive=12",
+    )
+    code, answer = server.request("POST", "/api/idle/keepalive", {"seconds": 13})
+    assert code == 400 and "max_keepalive" in answer["message"]
+    code, answer = server.request("POST", "/api/idle/keepalive", {"seconds": 12})
+    assert code == 200, answer
+    granted = time.monotonic()
+    code, doc = server.request("GET", "/api/idle")
+    assert doc["keepalive"]["until"] == answer["keepalive"]["until"]
+    assert doc["server"]["rule"] == "keepalive"
+    assert doc["server"]["shutdown_at"] == answer["keepalive"]["until"]
+    assert server.wait_exit(30) == 0
+    held = time.monotonic() - granted
+    assert 11 <= held < 12 + 4, held
+    assert "Shutting down the server: keep-alive ended" in server.log()
+
+
+def test_polling_the_status_never_delays_the_shutdown(start_server: Any) -> None:
+    """Platforms poll api/idle; S12's status shows the age rule and its warning, on time."""
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=3600",
+        "--IdleExtension.max_server_age=10",
+        "--IdleExtension.shutdown_warning=4",
+    )
+    seen_warning = None
+    while server.running:
+        try:
+            code, doc = server.request("GET", "/api/idle", timeout=2)
+        except OSError:
+            break
+        if code != 200:
+            break
+        assert doc["server"]["rule"] == "max_server_age", doc["server"]
+        if doc["server"]["warning"]:
+            seen_warning = doc["server"]["warning"]
+        time.sleep(0.2)
+    assert server.wait_exit(20) == 0
+    took = time.monotonic() - server.started
+    assert 10 <= took < 10 + 8, took  # start-up and exit of the process are in the slack
+    assert seen_warning is not None and seen_warning["rule"] == "max_server_age"
+    assert seen_warning["shutdown_at"].endswith("Z")
