@@ -120,7 +120,8 @@ class ServerProcess:
         self._log_file.close()
 
     def log(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float) -> str:

@@ -1,0 +1,324 @@
+"""S1 in a real browser: JupyterLab 4 in headless Chromium, one cell run, then the tab left open.
+
+Two servers run side by side, each with its own tab: one with jupyter_idle_ext, one with the
+best configuration of jupyter_server's built-ins. Both cull the idle kernel; only ours shuts the
+server down, although its tab keeps polling just like the other one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import pytest
+from servers import TOKEN, ServerProcess, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+CULL = 10  # kernel idle timeout, both servers
+SHUTDOWN = 25  # server idle timeout, both servers
+# the built-in shutdown check runs every 60 s (hard-coded in ServerApp.init_shutdown_no_activity)
+BUILTIN_CHECK_EVERY = 60
+
+EXTENSION_ARGS = (
+    f"--IdleExtension.cull_idle_timeout={CULL}",
+    f"--IdleExtension.server_idle_timeout={SHUTDOWN}",
+    "--IdleExtension.shutdown_warning=5",
+    "--IdleExtension.cull_interval=300",
+)
+BUILTIN_ARGS = (
+    f"--MappingKernelManager.cull_idle_timeout={CULL}",
+    "--MappingKernelManager.cull_interval=2",
+    "--MappingKernelManager.cull_connected=True",
+    f"--ServerApp.shutdown_no_activity_timeout={SHUTDOWN}",
+    # the built-in check logs "No activity for N seconds." only at DEBUG
+    "--ServerApp.log_level=DEBUG",
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "only-cell",
+            "metadata": {},
+            "outputs": [],
+            "source": ["print(6 * 7)"],
+        }
+    ],
+    "metadata": {
+        # naming the kernelspec avoids JupyterLab's kernel selection dialog
+        "kernelspec": {
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "name": "python3",
+        },
+        "language_info": {"name": "python"},
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+NO_ACTIVITY = re.compile(r"No activity for (\d+) seconds\.")
+
+
+def playwright_and_chromium() -> tuple[Any, str]:
+    """Playwright's sync API and Debian's chromium; on CI a missing one fails the test."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed (pip install playwright; never `playwright install`)")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        missing("no `chromium` on PATH (apt-get install -y chromium)")
+    return sync_playwright, chromium
+
+
+def missing(problem: str) -> NoReturn:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the browser test must run on CI: {problem}")
+    pytest.skip(problem)
+
+
+@dataclass
+class Tab:
+    """One server with one JupyterLab tab on it, and what the test saw happen to them."""
+
+    label: str
+    server: ServerProcess
+    page: Any = None
+    requests: list[tuple[float, str]] = field(default_factory=list)
+    output_at: float = 0.0
+    kernel_id: str = ""
+    culled_at: float | None = None
+    exited_at: float | None = None
+
+    def kernels(self) -> list[str] | None:
+        """Kernel ids, asked so that the question is not activity; None once the server is gone."""
+        if not self.server.running:
+            return None
+        try:
+            status, models = self.server.request("GET", "/api/kernels", track=False, timeout=5)
+        except OSError:
+            return None
+        if status != 200 and not self.server.running:
+            return None  # answered while stopping
+        assert status == 200, (status, models)
+        return [m["id"] for m in models]
+
+    def polls_between(self, start: float, end: float) -> list[str]:
+        return [url for t, url in self.requests if start <= t <= end and "/api/" in url]
+
+    def diagnose(self) -> str:
+        return f"--- {self.label} server log (tail) ---\n{self.server.log()[-4000:]}"
+
+
+def open_tab(context: Any, tab: Tab) -> None:
+    """Log in through the token URL, straight into the notebook."""
+    page = context.new_page()
+    tab.page = page
+    page.on(
+        "request",
+        lambda r: tab.requests.append((time.monotonic(), f"{r.method} {urlsplit(r.url).path}")),
+    )
+    page.goto(f"{tab.server.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
+
+
+def run_cell(tab: Tab) -> None:
+    """Run the only cell (Ctrl+Enter, in place) and wait for its output; note when it appeared."""
+    page = tab.page
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    cell.wait_for(state="visible", timeout=120_000)
+    dismiss_dialogs(page)
+    # the kernel must be up and connected first: a cell run while the session is still starting
+    # is dropped by JupyterLab, and an unused kernel is culled CULL s after its start
+    page.locator(".jp-StatusBar-TextItem").filter(has_text=re.compile(r"\| Idle$")).wait_for(
+        timeout=120_000
+    )
+    wait_until(lambda: kernel_ready(tab), 60)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")
+    output = page.locator(".jp-OutputArea-output").filter(has_text="42").first
+    try:
+        output.wait_for(state="visible", timeout=60_000)
+    except Exception:
+        page.screenshot(path=str(tab.server.root.parent / "no-output.png"))
+        print(tab.diagnose())
+        raise
+    tab.output_at = time.monotonic()
+
+
+def kernel_ready(tab: Tab) -> bool:
+    """The tab's kernel has started and the tab is connected to it (asked without activity)."""
+    status, models = tab.server.request("GET", "/api/kernels", track=False)
+    assert status == 200, (status, models)
+    ready = [m for m in models if m["execution_state"] == "idle" and m["connections"] >= 1]
+    if ready:
+        tab.kernel_id = ready[0]["id"]
+    return len(models) == 1 and bool(ready)
+
+
+def dismiss_dialogs(page: Any) -> None:
+    """Accept any JupyterLab dialog (kernel selection picks the default python3)."""
+    dialogs = page.locator(".jp-Dialog")
+    for _ in range(3):
+        if not dialogs.count():
+            return
+        page.locator(".jp-Dialog .jp-mod-accept").first.click()
+        page.wait_for_timeout(500)
+
+
+def builtin_checks(tab: Tab) -> list[int]:
+    """The idle seconds the built-in check saw each time it ran with no kernel left."""
+    return [int(n) for n in NO_ACTIVITY.findall(tab.server.log())]
+
+
+def test_open_tab_does_not_keep_the_server(tmp_path: Path) -> None:
+    sync_playwright, chromium = playwright_and_chromium()
+    tabs: list[Tab] = []
+    for label, extension, args in (
+        ("jupyter_idle_ext", True, EXTENSION_ARGS),
+        ("built-in", False, BUILTIN_ARGS),
+    ):
+        root = tmp_path / label / "root"
+        root.mkdir(parents=True)
+        (root / "idle.ipynb").write_text(json.dumps(NOTEBOOK))
+        # JupyterLab keeps workspaces and settings in ~/.jupyter; keep each server's to itself
+        env = {
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / label / "workspaces"),
+            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / label / "settings"),
+        }
+        server = ServerProcess(
+            root, extension=extension, args=args, env=env, extensions={"jupyterlab": True}
+        )
+        tabs.append(Tab(label, server))
+    ours, builtin = tabs
+    try:
+        for tab in tabs:
+            tab.server.wait_ready(90)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            try:
+                # one after the other: an unused kernel would be culled while the other tab loads
+                for tab in tabs:
+                    open_tab(browser.new_context(), tab)
+                    run_cell(tab)
+                    assert tab.kernels() == [tab.kernel_id], tab.diagnose()
+                watch(ours, builtin)
+            finally:
+                browser.close()
+
+        print(summary(ours, builtin))
+        # ours: kernel culled cull_idle_timeout after its cell, with the tab still connected
+        assert ours.culled_at is not None, ours.diagnose()
+        culled_after = ours.culled_at - ours.output_at
+        assert CULL - 1 <= culled_after <= CULL + 5, (culled_after, ours.diagnose())
+        log = ours.server.log()
+        assert re.search(
+            rf"Culling idle kernel 'python3' \({ours.kernel_id}\) with [1-9]\d* connections: "
+            rf"idle \d+ s >= cull_idle_timeout {CULL} s",
+            log,
+        ), log
+        # ours: the server stopped itself server_idle_timeout after the cell, and exited 0
+        exit_code = ours.server.wait_exit(5)
+        assert ours.exited_at is not None
+        exited_after = ours.exited_at - ours.output_at
+        assert exit_code == 0, ours.diagnose()
+        assert SHUTDOWN - 1 <= exited_after <= SHUTDOWN + 5, (exited_after, ours.diagnose())
+        assert "The server will shut down at" in log
+        assert f">= server_idle_timeout {SHUTDOWN} s" in log
+        assert log.index("The server will shut down at") < log.index("Shutting down the server")
+        # ... although its tab kept polling the REST API until the end
+        last_polls = ours.polls_between(ours.exited_at - 12, ours.exited_at)
+        assert last_polls, ours.requests[-20:]
+
+        # built-in: the kernel was culled too (the comparison is fair) ...
+        assert builtin.culled_at is not None, builtin.diagnose()
+        assert "Culling 'idle' kernel 'python3'" in builtin.server.log()
+        # ... but its check, run with no kernel left and long after the last execution,
+        # counted the tab's polling as activity and kept the server up
+        assert builtin.server.running, builtin.diagnose()
+        seen = builtin_checks(builtin)
+        assert seen and all(n <= SHUTDOWN for n in seen), (seen, builtin.diagnose())
+        assert builtin.polls_between(builtin.output_at, time.monotonic())
+        assert "No kernels for" not in builtin.server.log()  # its shutdown message
+    finally:
+        for tab in tabs:
+            tab.server.stop()
+
+
+def watch(ours: Tab, builtin: Tab) -> None:
+    """Leave both tabs alone; note when kernels go and when our server exits.
+
+    Ends once our server has exited and the built-in check has run at a time when, without the
+    tab's polling, it would have found the server idle past its timeout (and a moment after).
+    """
+    deadline = builtin.output_at + CULL + 10 + SHUTDOWN + 2 * BUILTIN_CHECK_EVERY + 20
+    checks_seen = 0
+    decisive_check_at: float | None = None
+    while True:
+        now = time.monotonic()
+        for tab in (ours, builtin):
+            if tab.culled_at is None:
+                kernels = tab.kernels()
+                if kernels is not None and tab.kernel_id not in kernels:
+                    tab.culled_at = now
+        if ours.exited_at is None and not ours.server.running:
+            ours.exited_at = now
+        assert builtin.server.running, builtin.diagnose()
+        checks = builtin_checks(builtin)
+        if len(checks) > checks_seen:
+            checks_seen = len(checks)
+            # a check with no kernel left, more than SHUTDOWN s after the kernel went (and so
+            # after the last execution): without the tab's polling it would have stopped the server
+            if builtin.culled_at is not None and now - builtin.culled_at > SHUTDOWN + 2:
+                decisive_check_at = decisive_check_at or now
+        if (
+            ours.exited_at is not None
+            and decisive_check_at is not None
+            and now - decisive_check_at > 5
+        ):
+            return
+        assert now < deadline, (
+            f"gave up: ours exited at {ours.exited_at}, built-in checks {checks}\n"
+            f"{ours.diagnose()}\n{builtin.diagnose()}"
+        )
+        builtin.page.wait_for_timeout(250)  # lets Playwright deliver both pages' events
+
+
+def summary(ours: Tab, builtin: Tab) -> str:
+    """Observed timings and what the tabs polled, for the test's output."""
+    lines = []
+    for tab in (ours, builtin):
+        t0 = tab.server.started
+
+        def rel(t: float | None, t0: float = t0) -> str:
+            return "-" if t is None else f"{t - t0:.1f}"
+
+        lines.append(
+            f"{tab.label}: output at +{rel(tab.output_at)} s, kernel gone at +{rel(tab.culled_at)}, "
+            f"exited at +{rel(tab.exited_at)} (from server start); built-in checks saw idle "
+            f"{builtin_checks(tab)} s"
+        )
+        polls = Counter(
+            re.sub(r"[0-9a-f-]{36}", "<id>", url)
+            for t, url in tab.requests
+            if t > tab.output_at and "/api/" in url
+        )
+        lines.append(f"  requests after the output: {dict(polls)}")
+    return "\n".join(lines)
