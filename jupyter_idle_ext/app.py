@@ -45,6 +45,52 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+# options in seconds where 0 disables the rule, and those that must be above 0
+SECONDS_OPTIONS = (
+    "cull_idle_timeout",
+    "max_busy_time",
+    "terminal_idle_timeout",
+    "server_idle_timeout",
+    "max_server_age",
+    "shutdown_warning",
+    "hub_activity_interval",
+    "max_keepalive",
+)
+POSITIVE_OPTIONS = ("cull_interval", "shutdown_grace")
+
+
+def check_seconds(option: str, value: float | None) -> float | None:
+    """The value of a seconds option, or a TraitError that names the option and the allowed values."""
+    if value is None and option in ("terminal_idle_timeout", "shutdown_warning"):
+        return None
+    positive = option in POSITIVE_OPTIONS
+    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        allowed = "> 0" if positive else ">= 0 (0 disables it)"
+        raise TraitError(
+            f"IdleExtension.{option} must be a number of seconds {allowed}, not {value!r}"
+        )
+    return float(value)
+
+
+class Seconds(Float):  # type: ignore[type-arg]
+    """A Float whose type errors name the option the way our range errors do."""
+
+    def error(self, obj: Any, value: Any, error: Any = None, info: Any = None) -> Any:
+        raise TraitError(
+            f"IdleExtension.{self.name} must be a number of seconds, "
+            f"not the {type(value).__name__} {value!r}"
+        )
+
+
+class Flag(Bool):  # type: ignore[type-arg]
+    """A Bool whose type errors name the option."""
+
+    def error(self, obj: Any, value: Any, error: Any = None, info: Any = None) -> Any:
+        raise TraitError(
+            f"IdleExtension.{self.name} must be true or false, not the {type(value).__name__} {value!r}"
+        )
+
+
 def env_name(option: str) -> str:
     """The environment variable that sets the default of an option."""
     return ENV_PREFIX + option.upper()
@@ -67,7 +113,7 @@ class IdleExtension(ExtensionApp):
     description = __doc__
     load_other_extensions = True
 
-    cull_idle_timeout = Float(
+    cull_idle_timeout = Seconds(
         config=True,
         help=_seconds_help(
             "Cull a kernel after this long without activity (default 3600). A kernelspec's "
@@ -76,7 +122,7 @@ class IdleExtension(ExtensionApp):
             "never culls kernels",
         ),
     )
-    cull_interval = Float(
+    cull_interval = Seconds(
         config=True,
         help=(
             "The longest wait between two checks (default 300); checks also happen at each "
@@ -84,7 +130,7 @@ class IdleExtension(ExtensionApp):
             f"Default from ${env_name('cull_interval')}."
         ),
     )
-    cull_connected = Bool(
+    cull_connected = Flag(
         config=True,
         help=(
             "Cull idle kernels even while a browser tab is connected to them (default True): an "
@@ -92,14 +138,14 @@ class IdleExtension(ExtensionApp):
             f"${env_name('cull_connected')} (true/false)."
         ),
     )
-    cull_busy = Bool(
+    cull_busy = Flag(
         config=True,
         help=(
             "Cull kernels by idle time even while they execute (default False: a busy kernel "
             f"is working). Default from ${env_name('cull_busy')} (true/false)."
         ),
     )
-    max_busy_time = Float(
+    max_busy_time = Seconds(
         config=True,
         help=_seconds_help(
             "After a kernel has been busy this long it counts as stuck: being busy no longer "
@@ -108,7 +154,7 @@ class IdleExtension(ExtensionApp):
             "means no cap: a busy kernel is never culled",
         ),
     )
-    terminal_idle_timeout = Float(
+    terminal_idle_timeout = Seconds(
         None,
         allow_none=True,
         config=True,
@@ -118,7 +164,7 @@ class IdleExtension(ExtensionApp):
             "never culls terminals",
         ),
     )
-    server_idle_timeout = Float(
+    server_idle_timeout = Seconds(
         config=True,
         help=_seconds_help(
             "Shut the server down after this long without any activity, whatever tabs are open "
@@ -126,14 +172,14 @@ class IdleExtension(ExtensionApp):
             "server_idle_timeout",
         ),
     )
-    max_server_age = Float(
+    max_server_age = Seconds(
         config=True,
         help=_seconds_help(
             "Shut the server down at this age even if it is active (default 0).",
             "max_server_age",
         ),
     )
-    shutdown_warning = Float(
+    shutdown_warning = Seconds(
         None,
         allow_none=True,
         config=True,
@@ -144,7 +190,7 @@ class IdleExtension(ExtensionApp):
             "means no warning",
         ),
     )
-    shutdown_grace = Float(
+    shutdown_grace = Seconds(
         config=True,
         help=(
             "After an idle shutdown starts, the process exits with code 0 at the latest this many "
@@ -153,7 +199,7 @@ class IdleExtension(ExtensionApp):
         ),
     )
 
-    hub_activity_interval = Float(
+    hub_activity_interval = Seconds(
         config=True,
         help=(
             "Under JupyterHub, report the execution-aware last activity to the Hub this often, "
@@ -164,7 +210,7 @@ class IdleExtension(ExtensionApp):
         ),
     )
 
-    max_keepalive = Float(
+    max_keepalive = Seconds(
         config=True,
         help=_seconds_help(
             "The longest keep-alive a user may ask for with POST api/idle/keepalive (default "
@@ -213,41 +259,20 @@ class IdleExtension(ExtensionApp):
                 f"IdleExtension.{option}: ${variable}={raw!r} is not a number of seconds"
             ) from None
 
-    @validate(
-        "cull_idle_timeout",
-        "max_busy_time",
-        "terminal_idle_timeout",
-        "server_idle_timeout",
-        "max_server_age",
-        "shutdown_warning",
-        "hub_activity_interval",
-        "max_keepalive",
-    )
+    @validate(*SECONDS_OPTIONS, *POSITIVE_OPTIONS)
     def _validate_seconds(self, proposal: Any) -> float | None:
-        value = proposal["value"]
-        if value is None:
-            return None
-        if not math.isfinite(value) or value < 0:
-            raise TraitError(
-                f"IdleExtension.{proposal['trait'].name} must be a number of seconds >= 0 "
-                f"(0 disables it), not {value!r}"
-            )
-        return float(value)
-
-    @validate("cull_interval", "shutdown_grace")
-    def _validate_positive(self, proposal: Any) -> float:
-        value = proposal["value"]
-        if not math.isfinite(value) or value <= 0:
-            raise TraitError(
-                f"IdleExtension.{proposal['trait'].name} must be a number of seconds > 0, "
-                f"not {value!r}"
-            )
-        return float(value)
+        return check_seconds(proposal["trait"].name, proposal["value"])
 
     # -- configuration -----------------------------------------------------------------------
 
     def policy_config(self) -> PolicyConfig:
-        """Read and cross-check every option; raises TraitError naming the option at fault."""
+        """Read and cross-check every option; raises TraitError naming the option at fault.
+
+        Values from environment variables and defaults never pass through ``@validate``
+        (traitlets only validates values that are set), so every option is checked here again.
+        """
+        for option in (*SECONDS_OPTIONS, *POSITIVE_OPTIONS):
+            check_seconds(option, getattr(self, option))
         shutdown_timeouts = [t for t in (self.server_idle_timeout, self.max_server_age) if t > 0]
         warning: float | None = self.shutdown_warning
         if warning is None:

@@ -307,12 +307,14 @@ def decide(snapshot: Snapshot, config: PolicyConfig) -> Plan:
     kernels = tuple(decide_kernel(k, config, now) for k in snapshot.kernels)
     terminals = tuple(decide_terminal(t, config, now) for t in snapshot.terminals)
     server = decide_server(snapshot, config)
-    upcoming = [d.deadline for d in (*kernels, *terminals) if d.action == "keep" and d.deadline]
+    upcoming = [
+        d.deadline for d in (*kernels, *terminals) if d.action == "keep" and d.deadline is not None
+    ]
     shutdown_at = server.deadline if server.action != "shutdown" else now
     warn_at = None
-    if server.deadline is not None:
+    if server.deadline is not None and server.action != "shutdown":
         upcoming.append(server.deadline)
-        if config.shutdown_warning > 0 and server.action == "keep":
+        if config.shutdown_warning > 0:
             warn_at = server.deadline - config.shutdown_warning
             upcoming.append(warn_at)
     next_check = min([now + horizon(config, snapshot.kernels), *[u for u in upcoming if u > now]])
