@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -214,3 +217,26 @@ def test_polling_the_status_never_delays_the_shutdown(start_server: Any) -> None
     assert 10 <= took < 10 + 8, took  # start-up and exit of the process are in the slack
     assert seen_warning is not None and seen_warning["rule"] == "max_server_age"
     assert seen_warning["shutdown_at"].endswith("Z")
+
+
+def test_jupyter_idle_status_explains_a_running_server(start_server: Any) -> None:
+    """The admin's command finds the running server and explains its kernel and shutdown."""
+    server = start_server("--IdleExtension.cull_idle_timeout=600")
+    kernel_id = server.start_kernel()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(server.runtime_dir)}
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter_idle_ext.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"Server {server.url}/" in out
+    assert f"kernel {kernel_id[:8]} python3" in out
+    assert "culled at cull_idle_timeout 600 s" in out
+    assert "shuts down at" in out and "rule server_idle_timeout" in out
+    assert "hub: not running under JupyterHub" in out
+    # the status is not activity: the kernel's idle time keeps growing
+    code, doc = server.request("GET", "/api/idle")
+    assert doc["kernels"][0]["idle_seconds"] > 0
