@@ -165,7 +165,7 @@ def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Deci
         "kernel",
         kernel.id,
         "keep",
-        f"{past_cap}idle {_seconds(idle)}, culled at {option} {_seconds(timeout)}",
+        f"{past_cap}idle {_seconds(idle)} of {option} {_seconds(timeout)}",
         deadline=deadline,
         idle=idle,
     )
@@ -199,7 +199,7 @@ def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -
         "terminal",
         terminal.name,
         "keep",
-        f"idle {_seconds(idle)}, culled at {option} {_seconds(timeout)}",
+        f"idle {_seconds(idle)} of {option} {_seconds(timeout)}",
         deadline=deadline,
         idle=idle,
     )
@@ -280,7 +280,9 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
     if rule == "keepalive":
         reason = f"keep-alive in force, idle {_seconds(idle)}"
     elif rule == "server_idle_timeout":
-        reason = f"idle {_seconds(idle)}, shuts down at server_idle_timeout"
+        reason = (
+            f"idle {_seconds(idle)} of server_idle_timeout {_seconds(config.server_idle_timeout)}"
+        )
     else:
         reason = (keep_reason + "; " if keep_reason else "") + "shuts down at max_server_age"
     return Decision("server", "", "keep", reason, deadline=deadline, idle=idle, rule=rule)

@@ -87,7 +87,7 @@ def assert_reason(reason: str, words: tuple[str, ...]) -> None:
 KERNELS = [
     # name, options, kernel state, now, action, deadline, rule, reason contains
     case("idle-below-timeout-kept", {}, {}, 99, "keep", 100, "",
-         ("idle 99 s", "culled at cull_idle_timeout 100 s")),
+         ("idle 99 s", "of cull_idle_timeout 100 s")),
     case("idle-exactly-at-timeout-culled", {}, {}, 100, "cull", 100, IDLE,
          ("idle 100 s >= cull_idle_timeout 100 s",)),
     case("idle-above-timeout-culled", {}, {}, 5000, "cull", 100, IDLE,
@@ -115,7 +115,7 @@ KERNELS = [
     case("busy-kept-no-deadline-without-cap", {}, {"busy": 0},
          NEVER, "keep", None, "", (f"busy for {NEVER} s",)),
     case("cull_busy-busy-before-timeout", {"cull_busy": True}, {"busy": 0},
-         99, "keep", 100, "", ("culled at cull_idle_timeout",)),
+         99, "keep", 100, "", ("of cull_idle_timeout",)),
     case("cull_busy-busy-culled-by-idle-time", {"cull_busy": True}, {"busy": 0},
          100, "cull", 100, IDLE, ("idle 100 s >= cull_idle_timeout 100 s",)),
     case("cull_busy-ignores-cap", {"cull_busy": True, "max_busy_time": 500}, {"busy": 0},
@@ -171,13 +171,13 @@ def test_kernel_idle_is_time_since_last_activity() -> None:
 TERMINALS = [
     # name, options, now, action, deadline, rule, reason contains
     case("own-timeout-before", {"terminal_idle_timeout": 60, "cull_idle_timeout": 3600},
-         59, "keep", 60, "", ("culled at terminal_idle_timeout 60 s",)),
+         59, "keep", 60, "", ("of terminal_idle_timeout 60 s",)),
     case("own-timeout-at-deadline-culled", {"terminal_idle_timeout": 60, "cull_idle_timeout": 3600},
          60, "cull", 60, TERM, ("idle 60 s >= terminal_idle_timeout 60 s",)),
     case("own-timeout-longer-than-kernels", {"terminal_idle_timeout": 7200},
          100, "keep", 7200, "", ("terminal_idle_timeout 7200 s",)),
     case("none-falls-back-before", {"terminal_idle_timeout": None},
-         99, "keep", 100, "", ("culled at cull_idle_timeout 100 s",)),
+         99, "keep", 100, "", ("of cull_idle_timeout 100 s",)),
     case("none-falls-back-to-cull_idle_timeout", {"terminal_idle_timeout": None},
          100, "cull", 100, IDLE, ("idle 100 s >= cull_idle_timeout 100 s",)),
     case("zero-disables-despite-kernel-timeout", {"terminal_idle_timeout": 0},

@@ -234,9 +234,9 @@ def test_jupyter_idle_status_explains_a_running_server(start_server: Any) -> Non
     ).stdout
     assert f"Server {server.url}/" in out
     assert f"kernel {kernel_id[:8]} python3" in out
-    assert "culled at cull_idle_timeout 600 s" in out
+    assert "of cull_idle_timeout 600 s, culled at" in out
     assert "shuts down at" in out and "rule server_idle_timeout" in out
     assert "hub: not running under JupyterHub" in out
     # the status is not activity: the kernel's idle time keeps growing
-    code, doc = server.request("GET", "/api/idle")
+    _, doc = server.request("GET", "/api/idle")
     assert doc["kernels"][0]["idle_seconds"] > 0
