@@ -1,0 +1,697 @@
+"""A real JupyterHub for tests: the Hub, configurable-http-proxy, single-user servers and services.
+
+``Hub`` writes a ``jupyterhub_config.py`` into a temporary directory and runs
+``python -m jupyterhub`` there: loopback ports, a sqlite database, the dummy authenticator,
+``SimpleLocalProcessSpawner`` starting ``jupyterhub-singleuser`` (with or without
+jupyter_idle_ext), a test-driver service whose token the harness uses for the Hub REST API, and
+optionally jupyterhub-idle-culler as a Hub-managed service. A test drives it as a deployment
+would be driven: the Hub REST API with a service token, the single-user servers through the
+proxy with a user's token (REST and kernel websockets, as a browser would), and reads the Hub's
+log, which holds the output of the proxy, services and every single-user server (local
+processes inherit the Hub's stdout/stderr).
+
+Nothing is mocked. A module uses it through a fixture::
+
+    @pytest.fixture
+    def start_hub(tmp_path):
+        with hub_factory(tmp_path) as start:
+            yield start
+
+    def test_something(start_hub):
+        hub = start_hub(environment={"JUPYTER_IDLE_SERVER_IDLE_TIMEOUT": "20"})
+        hub.create_user("alice")
+        hub.start_server("alice")
+        hub.execute("alice", "1 + 1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from servers import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: the test driver's service token (the Hub REST API with admin-like scopes)
+DRIVER_TOKEN = "hub-test-driver-token-8c1e"
+DRIVER_SERVICE = "test-driver"
+CULLER_SERVICE = "idle-culler"
+
+#: what the test driver may do: users (create, read, tokens), servers (start, stop, read state)
+DRIVER_SCOPES = ["admin:users", "admin:servers", "tokens", "read:hub"]
+
+#: jupyterhub-idle-culler 2.0's README: the scopes it needs (no --cull-users here)
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+#: JupyterHub 6's default for the server token ($JUPYTERHUB_API_TOKEN): the ``server`` role
+DEFAULT_SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server"]
+
+#: the server token scopes that also let a server stop itself through the Hub at once
+#: (``DELETE /hub/api/users/{name}/server``) and read its own model
+SELF_STOP_SERVER_TOKEN_SCOPES = [
+    *DEFAULT_SERVER_TOKEN_SCOPES,
+    "delete:servers!server",
+    "read:servers!server",
+]
+
+#: where scripts/test.sh installs configurable-http-proxy@5, then where the brief asked for it
+CHP_CANDIDATES = (
+    ROOT / ".venv" / "node" / "node_modules" / ".bin" / "configurable-http-proxy",
+    ROOT / ".ci-node" / "node_modules" / ".bin" / "configurable-http-proxy",
+)
+
+
+def find_chp() -> str | None:
+    """The configurable-http-proxy binary: the project's local npm install, else ``$PATH``."""
+    for candidate in CHP_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("configurable-http-proxy")
+
+
+def require_chp() -> str:
+    """configurable-http-proxy, or fail the test under CI=true and skip it elsewhere."""
+    import pytest
+
+    chp = find_chp()
+    if chp:
+        return chp
+    reason = (
+        "configurable-http-proxy not found (npm install --prefix .venv/node "
+        "configurable-http-proxy@5, or run scripts/test.sh)"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A Hub timestamp (ISO 8601, ``Z``) as an aware datetime."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _http(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 30
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        status = e.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+@dataclass
+class Execution:
+    """A cell run on a kernel through the proxy; ``Hub.execute(..., wait=False)`` returns it at once."""
+
+    user: str
+    kernel_id: str
+    code: str
+    reply: dict[str, Any] | None = None
+    stdout: str = ""
+    error: BaseException | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finished is not None
+
+    def wait(self, timeout: float = 120) -> Execution:
+        """Wait for the execute_reply; fail on a transport error or a reply that is not ``ok``."""
+        assert self._thread is not None
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"no execute_reply within {timeout} s for {self.code!r}")
+        if self.error is not None:
+            raise AssertionError(f"executing {self.code!r} failed: {self.error!r}") from self.error
+        assert self.reply is not None
+        assert self.reply.get("status") == "ok", self.reply
+        return self
+
+
+class Hub:
+    """One JupyterHub process and everything it spawns, in ``root`` (a fresh directory).
+
+    Options:
+      extension: enable jupyter_idle_ext in the single-user servers (``jpserver_extensions``).
+      args: extra command-line arguments for ``jupyterhub-singleuser``.
+      environment: extra environment of the single-user servers (``Spawner.environment``), e.g.
+        ``{"JUPYTER_IDLE_SERVER_IDLE_TIMEOUT": "20"}``.
+      hub_activity_interval: ``$JUPYTERHUB_ACTIVITY_INTERVAL`` for the servers (None: unset,
+        jupyterhub-singleuser's default of 300 s).
+      server_token_scopes: ``Spawner.server_token_scopes`` (None: JupyterHub's default, the
+        ``server`` role: ``users:activity!user``, ``access:servers!server``).
+      last_activity_interval: ``JupyterHub.last_activity_interval``, how often the Hub copies the
+        proxy's per-route activity (0 turns that off; JupyterHub's default is 300).
+      poll_interval: ``Spawner.poll_interval``, how soon the Hub notices a server that exited.
+      culler: None, or the jupyterhub-idle-culler service's options, e.g.
+        ``{"timeout": 10, "cull_every": 2}`` (any key becomes ``--key=value``).
+      log_level: the Hub's log level; DEBUG shows per-server activity updates.
+      extra_config: Python appended to ``jupyterhub_config.py``.
+      chp: the configurable-http-proxy binary (default: ``find_chp()``).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        extension: bool = True,
+        args: tuple[str, ...] | list[str] = (),
+        environment: dict[str, str] | None = None,
+        hub_activity_interval: int | None = None,
+        server_token_scopes: list[str] | None = None,
+        last_activity_interval: int = 300,
+        poll_interval: int = 2,
+        culler: dict[str, Any] | None = None,
+        log_level: str = "DEBUG",
+        extra_config: str = "",
+        chp: str | None = None,
+    ) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.chp = chp or find_chp()
+        if not self.chp:
+            raise RuntimeError("configurable-http-proxy not found")
+        self.hub_port = free_port()
+        self.proxy_port = free_port()
+        self.proxy_api_port = free_port()
+        while len({self.hub_port, self.proxy_port, self.proxy_api_port}) < 3:
+            self.proxy_api_port = free_port()
+        self.url = f"http://127.0.0.1:{self.proxy_port}"  # public: the proxy
+        self.hub_url = f"http://127.0.0.1:{self.hub_port}"  # the Hub itself
+        self.api_url = f"{self.hub_url}/hub/api"
+        self.config_path = root / "jupyterhub_config.py"
+        self.log_path = root / "jupyterhub.log"
+        self.homes = root / "home"
+        self.extension = extension
+        environment = dict(environment or {})
+        if hub_activity_interval is not None:
+            environment["JUPYTERHUB_ACTIVITY_INTERVAL"] = str(hub_activity_interval)
+        self.environment = environment
+        self.culler = culler
+        self.server_token_scopes = server_token_scopes
+        self._user_tokens: dict[str, str] = {}
+        self.orphans: list[int] = []
+        self._started: dict[int, Any] = {}  # pid -> psutil.Process
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self.config_path.write_text(
+            self._config(
+                args=list(args),
+                last_activity_interval=last_activity_interval,
+                poll_interval=poll_interval,
+                log_level=log_level,
+                extra_config=extra_config,
+            )
+        )
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def _config(
+        self,
+        *,
+        args: list[str],
+        last_activity_interval: int,
+        poll_interval: int,
+        log_level: str,
+        extra_config: str,
+    ) -> str:
+        spawner_args = [
+            "--allow-root",
+            f"--ServerApp.jpserver_extensions={{'jupyter_idle_ext': {self.extension}}}",
+            *args,
+        ]
+        services: list[dict[str, Any]] = [{"name": DRIVER_SERVICE, "api_token": DRIVER_TOKEN}]
+        roles: list[dict[str, Any]] = [
+            {"name": "test-driver", "scopes": DRIVER_SCOPES, "services": [DRIVER_SERVICE]}
+        ]
+        if self.culler is not None:
+            culler_args = [f"--{k.replace('_', '-')}={v}" for k, v in self.culler.items()]
+            services.append(
+                {
+                    "name": CULLER_SERVICE,
+                    "command": [sys.executable, "-m", "jupyterhub_idle_culler", *culler_args],
+                }
+            )
+            roles.append(
+                {"name": "idle-culler", "scopes": CULLER_SCOPES, "services": [CULLER_SERVICE]}
+            )
+        lines = [
+            "# written by tests/hub.py",
+            f"c.JupyterHub.bind_url = {self.url + '/'!r}",
+            f"c.JupyterHub.hub_bind_url = {self.hub_url!r}",
+            f"c.ConfigurableHTTPProxy.api_url = {f'http://127.0.0.1:{self.proxy_api_port}'!r}",
+            f"c.ConfigurableHTTPProxy.command = {[self.chp]!r}",
+            "c.ConfigurableHTTPProxy.should_start = True",
+            f"c.ConfigurableHTTPProxy.pid_file = {str(self.root / 'proxy.pid')!r}",
+            f"c.JupyterHub.db_url = {'sqlite:///' + str(self.root / 'jupyterhub.sqlite')!r}",
+            f"c.JupyterHub.cookie_secret_file = {str(self.root / 'cookie_secret')!r}",
+            "c.JupyterHub.cleanup_servers = True",
+            "c.JupyterHub.cleanup_proxy = True",
+            "c.JupyterHub.allow_named_servers = True",
+            # POST .../server answers 202 at once, so a test can start servers side by side
+            'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}',
+            f"c.JupyterHub.last_activity_interval = {int(last_activity_interval)!r}",
+            f"c.JupyterHub.log_level = {log_level!r}",
+            'c.JupyterHub.authenticator_class = "dummy"',
+            "c.Authenticator.allow_all = True",
+            'c.JupyterHub.spawner_class = "simple"',
+            f"c.SimpleLocalProcessSpawner.home_dir_template = {str(self.homes) + '/{username}'!r}",
+            f"c.Spawner.cmd = {[sys.executable, '-m', 'jupyterhub.singleuser']!r}",
+            f"c.Spawner.args = {spawner_args!r}",
+            f"c.Spawner.environment = {self.environment!r}",
+            f"c.Spawner.poll_interval = {int(poll_interval)!r}",
+            "c.Spawner.start_timeout = 120",
+            "c.Spawner.http_timeout = 60",
+            f"c.JupyterHub.services = {services!r}",
+            f"c.JupyterHub.load_roles = {roles!r}",
+        ]
+        if self.server_token_scopes is not None:
+            lines.append(f"c.Spawner.server_token_scopes = {self.server_token_scopes!r}")
+        return "\n".join([*lines, extra_config, ""])
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> Hub:
+        """Start the Hub; return once its API and the proxy's route to it answer."""
+        env = dict(os.environ)
+        env.pop("JUPYTERHUB_API_TOKEN", None)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_path)],
+            cwd=self.root,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            self._check_alive()
+            try:
+                hub = _http("GET", f"{self.api_url}/", timeout=5)[0] == 200
+                proxied = _http("GET", f"{self.url}/hub/api/", timeout=5)[0] == 200
+            except OSError:
+                return False
+            return hub and proxied
+
+        try:
+            wait_until(up, timeout, interval=0.25)
+        except AssertionError:
+            raise AssertionError(
+                f"the Hub did not start in {timeout} s:\n{self.log()[-4000:]}"
+            ) from None
+        return self
+
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the Hub exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _children(self) -> list[Any]:
+        import psutil
+
+        if self.proc is None:
+            return []
+        try:
+            return list(psutil.Process(self.proc.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            return []
+
+    def _remember_children(self) -> None:
+        for child in self._children():
+            self._started.setdefault(child.pid, child)
+
+    def processes(self) -> set[int]:
+        """The pids of everything the Hub runs now: proxy, services, servers, their kernels."""
+        return {child.pid for child in self._children()}
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the Hub with SIGTERM (it stops its servers, services and the proxy), then make
+        sure nothing it started is left: survivors are killed and listed in ``orphans``.
+
+        Only processes seen as the Hub's descendants are touched (psutil guards against pid
+        reuse); servers seen at ``wait_ready`` count even if they left the Hub's tree.
+        """
+        import psutil
+
+        if self.proc is None:
+            return
+        self._remember_children()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        survivors = []
+        for proc in self._started.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    survivors.append(proc)
+        # the Hub's cleanup has stopped its servers by the time it exits; a straggler gets 5 s
+        _gone, alive = psutil.wait_procs(survivors, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        self.orphans += [p.pid for p in alive]
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- log ---------------------------------------------------------------------------------
+
+    def log(self) -> str:
+        """The Hub's log: the Hub, the proxy, services and every single-user server."""
+        if self._log_file is not None:
+            self._log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float, count: int = 1) -> str:
+        """Wait until the log matches ``pattern`` (a regex) ``count`` times; return the log."""
+        regex = re.compile(pattern)
+
+        def seen() -> str | None:
+            text = self.log()
+            return text if len(regex.findall(text)) >= count else None
+
+        return str(wait_until(seen, timeout, interval=0.25))
+
+    def activity_posts(self, user: str, server_name: str | None = None) -> list[str]:
+        """The activity posts the Hub received for ``user``, one log line each.
+
+        Without ``server_name``: the Hub's access-log lines of
+        ``POST /hub/api/users/{user}/activity`` (INFO, any status), e.g.
+        ``[I 2025-01-01 12:00:00.000 JupyterHub log:192] 200 POST /hub/api/users/alice/activity
+        (alice@127.0.0.1) 9.40ms``. With ``server_name`` ("" for the default server): the
+        Hub's DEBUG lines for the posts that named that server, whether they moved its
+        last_activity (``Activity on server alice/gpu: TS``) or not (``Not updating server
+        activity on alice/gpu: TS < TS``); needs ``log_level="DEBUG"``.
+        """
+        text = self.log()
+        if server_name is None:
+            regex = re.compile(
+                rf"^.*\b\d{{3}} POST /hub/api/users/{re.escape(user)}/activity \(.*$", re.M
+            )
+        else:
+            name = re.escape(f"{user}/{server_name}")
+            regex = re.compile(
+                rf"^.*\b(?:Activity on server|Not updating server activity on) {name}: .*$",
+                re.M,
+            )
+        return [m.group(0) for m in regex.finditer(text)]
+
+    def count_activity_posts(self, user: str, server_name: str | None = None) -> int:
+        return len(self.activity_posts(user, server_name))
+
+    # -- Hub REST API ------------------------------------------------------------------------
+
+    def api(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        """A Hub REST API request (``path`` below ``/hub/api``), as the test driver by default."""
+        return _http(method, self.api_url + path, body, token or DRIVER_TOKEN)
+
+    def create_user(self, name: str) -> dict[str, Any]:
+        status, model = self.api("POST", f"/users/{name}")
+        assert status == 201, (status, model)
+        return dict(model)
+
+    def user_model(self, name: str) -> dict[str, Any]:
+        status, model = self.api("GET", f"/users/{name}")
+        assert status == 200, (status, model)
+        return dict(model)
+
+    def server_info(self, user: str, server_name: str = "") -> dict[str, Any] | None:
+        """The Hub's model of a server (``ready``, ``pending``, ``last_activity``, ``url``,
+        ``state``...), or None once the Hub considers it stopped."""
+        servers = self.user_model(user).get("servers") or {}
+        model = servers.get(server_name)
+        return dict(model) if model else None
+
+    def last_activity(self, user: str, server_name: str = "") -> datetime | None:
+        """The Hub's last_activity for a server (None when the server is not running)."""
+        info = self.server_info(user, server_name)
+        return parse_time(info.get("last_activity")) if info else None
+
+    def _server_path(self, user: str, server_name: str) -> str:
+        if server_name:
+            return f"/users/{user}/servers/{urllib.parse.quote(server_name)}"
+        return f"/users/{user}/server"
+
+    def request_start(self, user: str, server_name: str = "") -> None:
+        """Ask the Hub to start a server; return at once (``wait_ready`` waits)."""
+        status, body = self.api("POST", self._server_path(user, server_name))
+        assert status in (201, 202), (status, body)
+
+    def wait_ready(self, user: str, server_name: str = "", timeout: float = 90) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            self._check_alive()
+            info = self.server_info(user, server_name)
+            return info if info and info.get("ready") else None
+
+        try:
+            info: dict[str, Any] = wait_until(ready, timeout, interval=0.25)
+        except AssertionError:
+            raise AssertionError(
+                f"server {user}/{server_name} not ready in {timeout} s:\n{self.log()[-4000:]}"
+            ) from None
+        self._remember_children()
+        return info
+
+    def start_server(self, user: str, server_name: str = "", timeout: float = 90) -> dict[str, Any]:
+        """Start a server (the user must exist) and wait until the Hub reports it ready."""
+        self.request_start(user, server_name)
+        return self.wait_ready(user, server_name, timeout)
+
+    def stop_server(self, user: str, server_name: str = "", timeout: float = 60) -> None:
+        status, body = self.api("DELETE", self._server_path(user, server_name))
+        assert status in (202, 204), (status, body)
+        self.wait_stopped(user, server_name, timeout)
+
+    def wait_stopped(self, user: str, server_name: str = "", timeout: float = 60) -> float:
+        """Wait until the Hub shows the server stopped; return how long that took."""
+        start = time.monotonic()
+        wait_until(lambda: self.server_info(user, server_name) is None, timeout, interval=0.25)
+        return time.monotonic() - start
+
+    def user_token(self, user: str) -> str:
+        """An API token of ``user`` (same permissions as the user), made once and cached."""
+        if user not in self._user_tokens:
+            status, model = self.api(
+                "POST", f"/users/{user}/tokens", {"note": "tests/hub.py", "expires_in": 3600}
+            )
+            assert status == 201, (status, model)
+            self._user_tokens[user] = str(model["token"])
+        return self._user_tokens[user]
+
+    # -- the single-user server, through the proxy --------------------------------------------
+
+    def server_url(self, user: str, server_name: str = "") -> str:
+        """The server's public URL through the proxy (``/user/NAME/`` or ``/user/NAME/SERVER/``)."""
+        info = self.server_info(user, server_name)
+        assert info is not None, f"server {user}/{server_name} is not running"
+        return self.url + str(info["url"])
+
+    def user_request(
+        self,
+        user: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        server_name: str = "",
+        token: str | None = None,
+        timeout: float = 30,
+    ) -> tuple[int, Any]:
+        """A REST request to the user's server through the proxy, with the user's token, as a
+        browser tab would make it; ``path`` is below the server's URL, e.g. ``api/kernels``."""
+        url = self.server_url(user, server_name) + path.lstrip("/")
+        return _http(method, url, body, token or self.user_token(user), timeout)
+
+    def start_kernel(self, user: str, server_name: str = "", name: str = "python3") -> str:
+        status, model = self.user_request(
+            user, "POST", "api/kernels", {"name": name}, server_name, timeout=60
+        )
+        assert status == 201, (status, model)
+        return str(model["id"])
+
+    def execute(
+        self,
+        user: str,
+        code: str,
+        *,
+        server_name: str = "",
+        kernel_id: str | None = None,
+        wait: bool = True,
+        timeout: float = 120,
+    ) -> Execution:
+        """Run ``code`` on a kernel of the user's server (a new one unless ``kernel_id``) over
+        the kernel websocket through the proxy (messaging protocol v5, JSON frames).
+
+        ``wait=False`` returns as soon as the execute_request is sent, with the websocket kept
+        open in a thread until the reply; ``Execution.wait()`` collects it.
+        """
+        if kernel_id is None:
+            kernel_id = self.start_kernel(user, server_name)
+        ws_url = (
+            self.server_url(user, server_name).replace("http://", "ws://", 1)
+            + f"api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"
+        )
+        token = self.user_token(user)
+        execution = Execution(user=user, kernel_id=kernel_id, code=code)
+        sent = threading.Event()
+
+        def run() -> None:
+            try:
+                asyncio.run(_execute(ws_url, token, execution, sent, timeout))
+            except BaseException as e:
+                execution.error = e
+            finally:
+                execution.finished = time.monotonic()
+                sent.set()
+
+        execution._thread = threading.Thread(target=run, name=f"execute-{kernel_id}", daemon=True)
+        execution._thread.start()
+        sent.wait(60)
+        if execution.error is not None:
+            raise AssertionError(f"could not send {code!r}: {execution.error!r}")
+        return execution.wait(timeout) if wait else execution
+
+
+async def _execute(
+    url: str, token: str, execution: Execution, sent: threading.Event, timeout: float
+) -> None:
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    request = HTTPRequest(url, headers={"Authorization": f"token {token}"}, request_timeout=60)
+    conn = await websocket_connect(request)
+    try:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id,
+            "msg_type": "execute_request",
+            "username": execution.user,
+            "session": uuid.uuid4().hex,
+            "date": utcnow().isoformat(),
+            "version": "5.3",
+        }
+        content = {
+            "code": execution.code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        message = {
+            "header": header,
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "channel": "shell",
+            "buffers": [],
+        }
+        await conn.write_message(json.dumps(message))
+        sent.set()
+        deadline = time.monotonic() + timeout
+        reply: dict[str, Any] | None = None
+        idle = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no execute_reply within {timeout} s")
+            raw = await asyncio.wait_for(conn.read_message(), remaining)
+            if raw is None:
+                raise ConnectionError("kernel websocket closed before the execute_reply")
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            msg_type = msg.get("msg_type") or msg["header"]["msg_type"]
+            if msg_type == "stream" and msg["content"].get("name") == "stdout":
+                execution.stdout += msg["content"]["text"]
+            elif msg_type == "status" and msg["content"].get("execution_state") == "idle":
+                idle = True  # iopub and shell are not ordered: output may follow the reply
+            elif msg_type == "execute_reply":
+                reply = msg["content"]
+            if idle and reply is not None:
+                execution.reply = reply
+                return
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def hub_factory(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    """``start(**options) -> Hub``: started Hubs (options as ``Hub``), all stopped at exit.
+
+    Skips (fails under CI=true) when configurable-http-proxy is missing. At exit each Hub is
+    stopped and the test fails if any process it started had to be killed.
+    """
+    started: list[Hub] = []
+
+    def start(**options: Any) -> Hub:
+        chp = require_chp()
+        hub = Hub(tmp_path / f"hub{len(started)}", chp=chp, **options)
+        started.append(hub)
+        return hub.start()
+
+    try:
+        yield start
+    finally:
+        for hub in started:
+            hub.stop()
+    orphans = [pid for hub in started for pid in hub.orphans]
+    assert not orphans, f"processes left running after the Hub stopped: {orphans}"
