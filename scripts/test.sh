@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The one test command: sets up what the suite needs on this machine, then lints, type-checks
+# and runs the whole pytest suite. Extra arguments go to pytest:
+#
+#     bash scripts/test.sh                      # everything
+#     bash scripts/test.sh -k culled -x         # a subset
+#
+# What it installs when missing (so a fresh clone on a fresh machine works):
+#   .venv/                      python3 -m venv, then pip install -e ".[test,lint]"
+#   chromium                    Debian package, for the real-browser tests (never `playwright install`)
+#   configurable-http-proxy@5   npm, into .venv/node, for the real-JupyterHub tests
+#
+# Under CI=true a dependency that cannot be installed fails the run here; the tests themselves
+# fail rather than skip when something they need is missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+# Inside .venv so it is already ignored by git, ruff and a `git clean` of the work tree.
+NODE_PREFIX="$VENV/node"
+CI="${CI:-false}"
+START=$SECONDS
+
+step() { printf '\n==> [%ss] %s\n' "$((SECONDS - START))" "$*"; }
+fail() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+# A missing optional tool is fatal under CI and a warning elsewhere.
+missing() {
+    if [ "$CI" = "true" ]; then
+        fail "$*"
+    fi
+    printf 'WARNING: %s (tests that need it will skip)\n' "$*" >&2
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        return 1
+    fi
+}
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+# -- Python environment --------------------------------------------------------------------------
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "Creating $VENV"
+    python3 -m venv "$VENV"
+else
+    step "Reusing $VENV"
+fi
+export VIRTUAL_ENV="$VENV"
+export PATH="$VENV/bin:$PATH"
+
+step "Installing the package (editable) with its test and lint extras"
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet -e ".[test,lint]"
+
+# -- Chromium for the browser tests -------------------------------------------------------------
+
+if command -v chromium >/dev/null 2>&1; then
+    step "Chromium: $(command -v chromium)"
+else
+    step "Installing Chromium (Debian package)"
+    apt_install chromium || missing "could not install chromium with apt-get"
+fi
+
+# -- configurable-http-proxy for the JupyterHub tests --------------------------------------------
+
+CHP="$NODE_PREFIX/node_modules/.bin/configurable-http-proxy"
+if [ -x "$CHP" ]; then
+    step "configurable-http-proxy: $CHP"
+else
+    step "Installing configurable-http-proxy@5 into $NODE_PREFIX"
+    if ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm || missing "could not install nodejs/npm with apt-get"
+    fi
+    if command -v npm >/dev/null 2>&1; then
+        # 5.2+ declares node >= 20; Debian 12's own nodejs is 18.
+        node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+        chp_version=5
+        if [ "$node_major" -lt 20 ]; then
+            chp_version=5.1
+        fi
+        mkdir -p "$NODE_PREFIX"
+        npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error \
+            "configurable-http-proxy@$chp_version" ||
+            missing "npm could not install configurable-http-proxy@$chp_version"
+    fi
+fi
+if [ -x "$CHP" ]; then
+    export PATH="$NODE_PREFIX/node_modules/.bin:$PATH"
+fi
+
+# -- Checks --------------------------------------------------------------------------------------
+
+step "ruff check"
+ruff check .
+
+step "ruff format --check"
+ruff format --check .
+
+step "mypy"
+mypy
+
+step "pytest $*"
+rc=0
+python -m pytest "$@" || rc=$?
+if [ "$rc" -eq 5 ]; then
+    fail "pytest collected no tests (exit code 5)"
+elif [ "$rc" -ne 0 ]; then
+    fail "pytest failed (exit code $rc)"
+fi
+
+step "All checks passed in $((SECONDS - START)) s"

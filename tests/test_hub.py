@@ -1,0 +1,142 @@
+"""S10 behind a real JupyterHub: what the Hub stores is execution activity, and idle servers stop.
+
+A real JupyterHub 6 with configurable-http-proxy, jupyterhub-singleuser servers with our extension,
+and jupyterhub-idle-culler as a Hub service. Assertions read what the Hub stores (its REST API and
+log), not what the extension sends. The ``test_baseline_*`` tests in test_hub_harness.py show the
+same situations without the extension.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from hub import SELF_STOP_SERVER_TOKEN_SCOPES, Hub, hub_factory, utcnow
+from servers import wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+INTERVAL = 2  # seconds between reports, standing in for the default 300
+
+
+@pytest.fixture
+def start_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    with hub_factory(tmp_path) as start:
+        yield start
+
+
+def idle_env(**options: float) -> dict[str, str]:
+    env = {"JUPYTER_IDLE_HUB_ACTIVITY_INTERVAL": str(INTERVAL)}
+    env.update({f"JUPYTER_IDLE_{k.upper()}": str(v) for k, v in options.items()})
+    return env
+
+
+def test_silent_long_cell_keeps_the_hub_informed(start_hub: Callable[..., Hub]) -> None:
+    """S10a: a silent cell longer than the hub culler's timeout; the Hub's last_activity keeps
+    moving, the hub culler leaves the server alone, and the cell finishes."""
+    culler_timeout = 10
+    hub = start_hub(
+        environment=idle_env(server_idle_timeout=60, cull_idle_timeout=60),
+        last_activity_interval=0,
+        culler={"timeout": culler_timeout, "cull_every": 1},
+    )
+    hub.create_user("alice")
+    hub.start_server("alice")
+    hub.wait_log(r"switched off jupyterhub-singleuser's activity reporter", timeout=10)
+    started = utcnow()
+    cell = hub.execute("alice", "import time; time.sleep(22); print('done')", wait=False)
+    seen = []
+    while not cell.done:
+        last = hub.last_activity("alice")
+        assert last is not None, "the hub culler stopped a server whose kernel was working"
+        seen.append(last)
+        time.sleep(1)
+    assert cell.wait(30).stdout == "done\n"
+    assert (utcnow() - started).total_seconds() > culler_timeout + 5
+    # the Hub heard "now" all along: its timestamp moved past the culler's timeout
+    assert seen[-1] - seen[0] > timedelta(seconds=culler_timeout)
+    assert max(b - a for a, b in zip(seen, seen[1:])) >= timedelta(0)
+    assert "Culling server alice" not in hub.log()
+    # and only our reporter posted: jupyterhub-singleuser's re-posts would show as "Not updating"
+    assert not [line for line in hub.activity_posts("alice", "") if "Not updating" in line]
+
+
+@pytest.mark.parametrize("self_stop", [True, False], ids=["stop-through-hub", "exit-and-poll"])
+def test_polling_client_cannot_keep_an_idle_server(
+    start_hub: Callable[..., Hub], self_stop: bool
+) -> None:
+    """S10b: REST polling through the proxy after the last execution: the Hub's last_activity
+    stays at the execution, the extension stops the server at server_idle_timeout, and the Hub
+    shows it stopped (at once when the token may stop it, after a poll otherwise)."""
+    idle_timeout = 12
+    hub = start_hub(
+        environment=idle_env(server_idle_timeout=idle_timeout, cull_idle_timeout=6),
+        last_activity_interval=0,
+        server_token_scopes=SELF_STOP_SERVER_TOKEN_SCOPES if self_stop else None,
+        poll_interval=5,
+    )
+    hub.create_user("bob")
+    hub.start_server("bob")
+    result = hub.execute("bob", "x = 1")
+    executed = utcnow()
+    stored = []
+    while hub.server_info("bob") is not None and "Shutting down the server" not in hub.log():
+        assert (utcnow() - executed).total_seconds() < idle_timeout + 10
+        hub.user_request("bob", "GET", "api/contents")
+        hub.user_request("bob", "GET", "api/sessions")
+        hub.user_request("bob", "GET", f"api/kernels/{result.kernel_id}")
+        stored.append(hub.last_activity("bob"))
+        time.sleep(0.5)
+    # what the Hub stored while the client polled: the execution, not the polling after it
+    # (JupyterHub itself sets last_activity to the stop time once the server stops)
+    assert len(stored) > 10 and stored[-1] is not None
+    assert abs((stored[-1] - executed).total_seconds()) < 3, (stored[-1], executed)
+    decided = utcnow()
+    assert idle_timeout - 1 <= (decided - executed).total_seconds() <= idle_timeout + 3
+    stopped_after = hub.wait_stopped("bob", timeout=30)
+    if self_stop:
+        assert stopped_after < 3, "the Hub should record the stop at once"
+        hub.wait_log(r"DELETE /hub/api/users/bob/server \(bob@", timeout=5)
+    else:
+        assert "Asked the Hub to stop" not in hub.log()
+        assert "does not let this server stop itself" in hub.log()
+
+
+def test_named_server_reports_under_its_name_and_idle_makes_no_posts(
+    start_hub: Callable[..., Hub],
+) -> None:
+    hub = start_hub(
+        environment=idle_env(server_idle_timeout=600, cull_idle_timeout=600),
+        last_activity_interval=0,
+    )
+    hub.create_user("carol")
+    hub.start_server("carol", "gpu")
+    hub.execute("carol", "x = 1", server_name="gpu")
+    executed = utcnow()
+    # the activity lands under the named server
+    wait_until(
+        lambda: (
+            (hub.last_activity("carol", "gpu") or executed - timedelta(1))
+            > executed - timedelta(seconds=2)
+        ),
+        10,
+    )
+    time.sleep(INTERVAL * 1.5)  # the post carrying the last change lands
+    posts = hub.count_activity_posts("carol", "gpu")
+    assert posts >= 1
+    stored = hub.last_activity("carol", "gpu")
+    time.sleep(INTERVAL * 5)
+    # an idle server makes no posts after its last change, and the Hub's time stays put
+    assert hub.count_activity_posts("carol", "gpu") == posts
+    assert hub.count_activity_posts("carol") == hub.count_activity_posts("carol", "gpu")
+    assert hub.last_activity("carol", "gpu") == stored
+    # activity after the quiet stretch is reported at once, not an interval late
+    hub.execute("carol", "y = 2", server_name="gpu")
+    resumed = utcnow()
+    wait_until(lambda: hub.count_activity_posts("carol", "gpu") > posts, INTERVAL * 3)
+    stored_again = hub.last_activity("carol", "gpu")
+    assert stored_again is not None and stored_again > resumed - timedelta(seconds=2)
