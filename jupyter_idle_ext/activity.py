@@ -92,11 +92,15 @@ class ActivityTracker:
         record.last_activity = now
         self._server_activity(now)
 
-    def add(self, kind: str, id: str, name: str, last_activity: float) -> Record:
-        """Start following a source whose last activity is already known (found between checks)."""
+    def add(self, kind: str, id: str, name: str) -> Record:
+        """Start following a source found between checks.
+
+        Its idle clock starts now: a kernel or terminal is found within one check of its start
+        (a kernel start also wakes the loop), and counting from its wall-clock timestamp instead
+        could cull early after a wall-clock jump.
+        """
         record = self._record(kind, id, name)
         record.name = name
-        record.last_activity = min(max(last_activity, self.started), self.clock())
         return record
 
     def remove(self, kind: str, id: str) -> None:
@@ -130,16 +134,6 @@ class ActivityTracker:
         stamp = datetime.fromtimestamp(self.to_wall(monotonic), tz=timezone.utc)
         return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    def wall_to_monotonic(self, when: datetime) -> float:
-        """Place a wall-clock datetime from jupyter_server on the monotonic clock.
-
-        Clamped between our start and now, so a wall-clock jump can never make it look older
-        (which would cull early) or newer than now.
-        """
-        now = self.clock()
-        age = self.wall_clock() - when.timestamp()
-        return min(now, max(self.started, now - age))
-
 
 class KernelWatcher:
     """Follows the kernels of a MappingKernelManager into an ActivityTracker."""
@@ -161,15 +155,7 @@ class KernelWatcher:
 
     def _attach(self, kernel_id: str) -> None:
         kernel = self.km.get_kernel(kernel_id)
-        last = getattr(kernel, "last_activity", None)
-        record = self.tracker.add(
-            "kernel",
-            kernel_id,
-            getattr(kernel, "kernel_name", "") or "",
-            self.tracker.wall_to_monotonic(last)
-            if isinstance(last, datetime)
-            else self.tracker.clock(),
-        )
+        record = self.tracker.add("kernel", kernel_id, getattr(kernel, "kernel_name", "") or "")
         if getattr(kernel, "execution_state", None) == "busy":
             record.busy_since = record.last_activity
 
@@ -286,20 +272,11 @@ class TerminalWatcher:
         return None
 
     def sync(self) -> None:
-        current = dict(self.tm.terminals)
+        current = set(self.tm.terminals)
         known = {r.id for r in self.tracker.of_kind("terminal")}
-        for name, term in current.items():
-            if name not in known:
-                last = getattr(term, "last_activity", None)
-                self.tracker.add(
-                    "terminal",
-                    name,
-                    name,
-                    self.tracker.wall_to_monotonic(last)
-                    if isinstance(last, datetime)
-                    else self.tracker.clock(),
-                )
-        for name in known - set(current):
+        for name in current - known:
+            self.tracker.add("terminal", name, name)
+        for name in known - current:
             self.tracker.remove("terminal", name)
 
     def states(self) -> tuple[TerminalState, ...]:

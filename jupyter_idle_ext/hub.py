@@ -25,6 +25,8 @@ from .metrics import HUB_REPORTS
 # bounded retries of one report: waits of about 1, 2, 4, 8 s (jittered), never past the interval
 RETRIES = 4
 REQUEST_TIMEOUT = 10.0
+# asking the Hub to stop us must not hold the shutdown up when the Hub hangs
+STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,8 @@ class HubReporter:
             self.hub.server_url,
             method="DELETE",
             headers=self._headers(),
-            request_timeout=REQUEST_TIMEOUT,
+            connect_timeout=STOP_TIMEOUT,
+            request_timeout=STOP_TIMEOUT,
         )
         try:
             response = await self.http.fetch(request)
