@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -444,7 +445,13 @@ class IdleExtension(ExtensionApp):
         at once instead of at its next poll."""
         assert self.serverapp is not None
         if self.reporter is not None:
+            # the Hub stops us with a signal, which jupyter_server handles: that is the stop
             await self.reporter.stop_server()
+        # from here a SIGTERM or Ctrl-C would only race the cleanup under way, or kill the
+        # process with -15 while it exits; the watchdog bounds the exit anyway
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+                signal.signal(sig, signal.SIG_IGN)
         self.serverapp.stop()
 
     async def stop_extension(self) -> None:

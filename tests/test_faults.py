@@ -1,0 +1,222 @@
+"""Faults: a failing Hub never stops culling or the shutdown, wall-clock jumps cull nothing early,
+and a second shutdown trigger during the first is harmless.
+
+The Hub here is a small fault-injecting endpoint in a thread (next to the real-Hub tests of
+test_hub.py), so each failure mode can be switched on and off and every request counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+from servers import ServerProcess, execute_over_zmq, wait_until
+
+from jupyter_idle_ext.activity import ActivityTracker, snapshot
+from jupyter_idle_ext.policy import KernelState, PolicyConfig, decide, reported_activity
+
+pytestmark = pytest.mark.timeout(180)
+
+HUB_TOKEN = "hub-token-5d9e0c7b"
+
+
+class FaultyHub:
+    """Plays the Hub's activity and server API; ``mode`` is ok, 503, 403, hang or down."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.requests: list[tuple[float, str, str]] = []  # (monotonic, method, mode answered)
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                mode = hub.mode
+                hub.requests.append((time.monotonic(), self.command, mode))
+                if mode == "hang":
+                    time.sleep(60)  # accepted, never answered (the client times out)
+                    return
+                code = {"ok": 200, "503": 503, "403": 403}[mode]
+                if self.command == "DELETE" and mode == "ok":
+                    code = 202
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = _answer  # noqa: N815
+            do_DELETE = _answer  # noqa: N815
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def env(self, url_port: int | None = None) -> dict[str, str]:
+        base = f"http://127.0.0.1:{url_port or self.port}/hub/api"
+        return {
+            "JUPYTERHUB_API_TOKEN": HUB_TOKEN,
+            "JUPYTERHUB_ACTIVITY_URL": f"{base}/users/dana/activity",
+            "JUPYTERHUB_API_URL": base,
+            "JUPYTERHUB_USER": "dana",
+            "JUPYTERHUB_SERVER_NAME": "",
+        }
+
+    def posts(self, mode: str | None = None) -> list[float]:
+        return [t for t, method, m in self.requests if method == "POST" and mode in (None, m)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def faulty_hub() -> Any:
+    hub = FaultyHub()
+    yield hub
+    hub.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+ARGS = (
+    "--IdleExtension.cull_idle_timeout=4",
+    "--IdleExtension.server_idle_timeout=12",
+    "--IdleExtension.shutdown_warning=3",
+    "--IdleExtension.hub_activity_interval=1",
+)
+
+
+@pytest.mark.parametrize("mode", ["hang", "down", "503", "403"])
+def test_a_failing_hub_never_delays_culling_or_the_shutdown(
+    start_server: Any, faulty_hub: FaultyHub, mode: str
+) -> None:
+    faulty_hub.mode = "ok" if mode == "down" else mode
+    env = faulty_hub.env(closed_port() if mode == "down" else None)
+    server: ServerProcess = start_server(*ARGS, env=env)
+    kernel_id = server.start_kernel()
+    started = time.monotonic()
+    wait_until(lambda: kernel_id not in server.kernel_ids(), 20)
+    culled_after = time.monotonic() - started
+    assert culled_after < 4 + 3, culled_after
+    assert server.wait_exit(40) == 0
+    log = server.log()
+    # on time: the decision at server_idle_timeout after the kernel's start (its last activity)
+    assert "Shutting down the server: idle 12 s >= server_idle_timeout 12 s" in log
+    assert time.monotonic() - started < 12 + 5 + 5  # + the bounded ask to the Hub + exit
+    errors = [line for line in log.splitlines() if "Error notifying Hub of activity" in line]
+    assert errors, "a failing Hub must be visible in the log"
+    assert all(len(line) < 300 for line in errors), "one line per error"
+    assert HUB_TOKEN not in log
+    posts = faulty_hub.posts()
+    if mode == "403":
+        # not retried: at most one attempt per interval in which activity moved
+        assert len(posts) <= 14, len(posts)
+    elif mode != "down":
+        # bounded retries with backoff, not a tight loop
+        assert 1 <= len(posts) <= 12 * 5, len(posts)
+
+
+def test_reporting_resumes_within_an_interval_after_the_hub_recovers(
+    start_server: Any, faulty_hub: FaultyHub
+) -> None:
+    faulty_hub.mode = "503"
+    server = start_server(
+        "--IdleExtension.hub_activity_interval=2",
+        "--IdleExtension.server_idle_timeout=120",
+        env=faulty_hub.env(),
+    )
+    kernel_id = server.start_kernel()
+    wait_until(lambda: len(faulty_hub.posts("503")) >= 3, 30)
+    # the Hub comes back; the server keeps working (a busy kernel is reported as "now")
+    wait_until(lambda: server.connection_file(kernel_id).exists(), 30)
+    cell = threading.Thread(
+        target=execute_over_zmq,
+        args=(server.connection_file(kernel_id), "import time; time.sleep(8)"),
+        daemon=True,
+    )
+    cell.start()
+    time.sleep(1)
+    faulty_hub.mode = "ok"
+    recovered = time.monotonic()
+    wait_until(lambda: faulty_hub.posts("ok"), 10)
+    assert faulty_hub.posts("ok")[0] - recovered <= 2 * 1.1 + 0.5
+    _, doc = server.request("GET", "/api/idle")
+    assert doc["hub"]["enabled"] and doc["hub"]["last_error"] is None
+    assert HUB_TOKEN not in json.dumps(doc)
+    cell.join(30)
+
+
+class FakeClocks:
+    def __init__(self) -> None:
+        self.mono = 5000.0
+        self.wall = 1_800_000_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+@pytest.mark.parametrize("jump", [3 * 3600, -3 * 3600], ids=["forward-3h", "back-3h"])
+def test_wall_clock_jumps_cull_nothing_early(jump: float) -> None:
+    clocks = FakeClocks()
+    tracker = ActivityTracker(clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
+    config = PolicyConfig(cull_idle_timeout=600, server_idle_timeout=1200, shutdown_warning=0)
+    tracker.add("kernel", "k1", "python3")
+    clocks.advance(100)
+    tracker.touch("kernel", "k1")
+    before = tracker.isoformat(tracker.last_activity)
+    clocks.wall += jump  # NTP step, VM resume, daylight mistake: only the wall clock moves
+    clocks.advance(30)
+
+    def plan() -> Any:
+        record = tracker.records[("kernel", "k1")]
+        kernel = KernelState(id="k1", name="python3", last_activity=record.last_activity)
+        return decide(snapshot(tracker, (kernel,), ()), config)
+
+    first = plan()
+    assert first.kernels[0].action == "keep", "a wall-clock jump must not cull"
+    assert first.kernels[0].idle == 30
+    assert first.server.action == "keep"
+    # deadlines stay where the monotonic clock puts them
+    clocks.advance(569)
+    assert plan().kernels[0].action == "keep"
+    clocks.advance(1)
+    assert plan().kernels[0].action == "cull"
+    # reported timestamps follow today's wall clock and are never ahead of it
+    stamp = tracker.isoformat(reported_activity(plan_snapshot(tracker), config))
+    assert stamp <= tracker.isoformat(clocks.mono)
+    assert stamp != before
+
+
+def plan_snapshot(tracker: ActivityTracker) -> Any:
+    return snapshot(tracker, (), ())
+
+
+def test_a_second_shutdown_trigger_is_harmless(start_server: Any) -> None:
+    """SIGTERM (the Hub stopping the server, Ctrl-C) while our idle shutdown runs."""
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=5", "--IdleExtension.shutdown_warning=0"
+    )
+    kernel_id = server.start_kernel()
+    wait_until(lambda: kernel_id in server.kernel_ids(), 10)
+    server.wait_log("Shutting down the server", 30)
+    with contextlib.suppress(ProcessLookupError):  # it was even faster
+        os.kill(server.proc.pid, signal.SIGTERM)
+    assert server.wait_exit(30) == 0
+    assert "Traceback" not in server.log()
