@@ -48,8 +48,11 @@ class ActivityTracker:
         self.started = clock()
         self.last_activity = self.started
         self.records: dict[tuple[str, str], Record] = {}
-        # set when something appears or stops being busy, so the check loop can look again early
+        # set when a source appears or a keep-alive changes, so the check loop looks again early
+        # (other activity only moves deadlines later, so it needs no wake-up), and on any
+        # activity while ``wake_on_activity`` (a shutdown warning in force, to cancel it at once)
         self.changed = asyncio.Event()
+        self.wake_on_activity = False
         # set by activity that follows a quiet stretch longer than resume_gap (the Hub reporter's
         # interval), so the Hub hears at once that the server is used again
         self.resumed = asyncio.Event()
@@ -71,6 +74,8 @@ class ActivityTracker:
     def _server_activity(self, now: float) -> None:
         if now - self.last_activity > self.resume_gap:
             self.resumed.set()
+        if self.wake_on_activity:
+            self.changed.set()
         self.last_activity = max(self.last_activity, now)
 
     def touch(self, kind: str, id: str, name: str | None = None) -> None:
@@ -88,7 +93,6 @@ class ActivityTracker:
             record.busy_since = now
         elif not busy and record.busy_since is not None:
             record.busy_since = None
-            self.changed.set()
         record.last_activity = now
         self._server_activity(now)
 

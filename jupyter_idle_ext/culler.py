@@ -18,7 +18,7 @@ from jupyter_core.utils import ensure_async
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
 from .metrics import KERNELS_CULLED, TERMINALS_CULLED
-from .policy import Decision, Plan, PolicyConfig, decide, reported_activity
+from .policy import Decision, Plan, PolicyConfig, Snapshot, decide, reported_activity
 
 # how long a kernel gets to honour a shutdown_request before it is killed
 KERNEL_STOP_TIMEOUT = 30.0
@@ -57,7 +57,6 @@ class IdleCuller:
         self.log = log
         self.shutdown_grace = shutdown_grace
         self.emit = emit
-        self.plan: Plan | None = None
         self.stopping = False
         # (rule, deadline) of the shutdown we have warned about
         self._warned: tuple[str, float] | None = None
@@ -96,7 +95,7 @@ class IdleCuller:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.tracker.changed.wait(), delay)
 
-    def take_snapshot(self) -> Any:
+    def take_snapshot(self) -> Snapshot:
         terminals = self.terminals.states() if self.terminals else ()
         return snapshot(self.tracker, self.kernels.states(), terminals)
 
@@ -104,7 +103,6 @@ class IdleCuller:
         """One check: snapshot, decide, act."""
         await self.kernels.refresh()
         plan = decide(self.take_snapshot(), self.config)
-        self.plan = plan
         culls = [self._act_on_kernel(d) for d in plan.kernels if d.action in ("cull", "remove")]
         culls += [self._cull_terminal(d) for d in plan.terminals if d.action == "cull"]
         if culls:
@@ -228,6 +226,7 @@ class IdleCuller:
             self.log.warning("Shutdown cancelled: %s.", decision.reason)
             self._server_event("shutdown_cancelled", decision)
             self._warned = None
+        self.tracker.wake_on_activity = self._warned is not None
 
     def _server_event(self, action: str, decision: Decision, **extra: Any) -> None:
         self.emit(

@@ -201,3 +201,22 @@ def test_server_idle_timeout_zero_keeps_the_server(start_server: Any) -> None:
     time.sleep(6)
     assert server.running
     assert "Shutting down" not in server.log()
+
+
+def test_activity_or_keepalive_cancels_a_warning_at_once(start_server: Any) -> None:
+    server = start_server(
+        "--IdleExtension.cull_idle_timeout=0",
+        "--IdleExtension.server_idle_timeout=10",
+        "--IdleExtension.shutdown_warning=7",
+    )
+    kernel_id = server.start_kernel()
+    server.wait_log("The server will shut down at", 20)
+    ran = run_cell(server, kernel_id, "x = 1")
+    server.wait_log("Shutdown cancelled", 3)
+    assert time.monotonic() - ran < 2.5
+    # warned again once idle, and a keep-alive cancels it too
+    wait_until(lambda: server.log().count("The server will shut down at") == 2, 20)
+    code, _ = server.request("POST", "/api/idle/keepalive", {"seconds": 60})
+    assert code == 200
+    wait_until(lambda: server.log().count("Shutdown cancelled") == 2, 3)
+    assert server.running
