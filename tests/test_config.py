@@ -7,6 +7,7 @@ option, and that the start-up INFO line shows what took effect.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,21 +23,17 @@ from servers import ServerProcess, wait_until
 from traitlets import TraitError
 from traitlets.config import Config
 
-from jupyter_idle_ext.app import IdleExtension, env_name
+from jupyter_idle_ext.app import POSITIVE_OPTIONS, SECONDS_OPTIONS, IdleExtension, env_name
 from jupyter_idle_ext.policy import PolicyConfig
 
 NAN = math.nan
 INF = math.inf
 
-SECONDS = [
-    "cull_idle_timeout",
-    "max_busy_time",
-    "terminal_idle_timeout",
-    "server_idle_timeout",
-    "max_server_age",
-    "shutdown_warning",
-]
-POSITIVE = ["cull_interval", "shutdown_grace"]
+# every seconds option (0 disables it) and those that must be above 0, as the app lists them
+SECONDS = list(SECONDS_OPTIONS)
+POSITIVE = list(POSITIVE_OPTIONS)
+# the seconds options the idle policy itself reads (the others configure the Hub and keep-alive)
+POLICY_SECONDS = [o for o in SECONDS if o in {f.name for f in dataclasses.fields(PolicyConfig)}]
 
 
 @pytest.fixture(autouse=True)
@@ -335,7 +332,7 @@ def test_explicit_shutdown_warning(warning: float, expected: float) -> None:
 
 
 @pytest.mark.parametrize("source", ["config", "env"])
-@pytest.mark.parametrize("option", SECONDS)
+@pytest.mark.parametrize("option", POLICY_SECONDS)
 def test_disabled_rule_is_0_in_the_policy(
     monkeypatch: pytest.MonkeyPatch, option: str, source: str
 ) -> None:

@@ -214,3 +214,35 @@ def test_no_hub_without_its_environment() -> None:
     assert HubEnvironment.from_environ({}) is None
     assert HubEnvironment.from_environ({"JUPYTERHUB_ACTIVITY_URL": "http://hub"}) is None
     assert HubEnvironment.from_environ({"JUPYTERHUB_API_TOKEN": "t"}) is None
+
+
+@pytest.fixture
+def hub_environment(monkeypatch: Any, fake_hub: FakeHub) -> FakeHub:
+    for key, value in {
+        "JUPYTERHUB_API_TOKEN": TOKEN,
+        "JUPYTERHUB_ACTIVITY_URL": f"http://127.0.0.1:{fake_hub.port}/hub/api/users/alice/activity",
+    }.items():
+        monkeypatch.setenv(key, value)
+    return fake_hub
+
+
+@pytest.mark.parametrize("idle_config", [{"hub_activity_interval": 0.0}], indirect=True)
+async def test_interval_zero_turns_our_reporter_off(
+    hub_environment: FakeHub, idle_app: Any, jp_fetch: Any
+) -> None:
+    assert idle_app.reporter is None
+    r = await jp_fetch("api", "idle", method="GET")
+    assert json.loads(r.body)["hub"] == {"enabled": False, "note": "hub_activity_interval is 0"}
+    await asyncio.sleep(0.5)
+    assert hub_environment.posts == []
+
+
+@pytest.mark.parametrize("idle_config", [{"hub_activity_interval": 300.0}], indirect=True)
+async def test_under_a_hub_the_reporter_runs_and_reports_at_start(
+    hub_environment: FakeHub, idle_app: Any, jp_fetch: Any
+) -> None:
+    await wait_for(lambda: hub_environment.posts, 5)
+    r = await jp_fetch("api", "idle", method="GET")
+    hub = json.loads(r.body)["hub"]
+    assert hub["enabled"] and hub["posts"] == 1 and hub["last_error"] is None
+    assert TOKEN not in r.body.decode()
