@@ -148,6 +148,38 @@ class KernelWatcher:
         self.log = log
         self._attached: dict[str, Any] = {}
         self._alive: dict[str, bool] = {}
+        # jupyter_server's IOPub watcher stops for good after one malformed message (pyzmq does
+        # not re-arm a stream whose callback raised), which would freeze the traits we follow:
+        # guard it on every (re)start of watching
+        original = getattr(kernel_manager, "start_watching_activity", None)
+        self._original_start_watching = original
+        if original is not None:
+
+            def start_watching_activity(kernel_id: str) -> None:
+                original(kernel_id)
+                self._guard_watcher(kernel_id)
+
+            kernel_manager.start_watching_activity = start_watching_activity
+
+    def _guard_watcher(self, kernel_id: str) -> None:
+        try:
+            stream = getattr(self.km.get_kernel(kernel_id), "_activity_stream", None)
+        except KeyError:
+            return
+        callback = getattr(stream, "_recv_callback", None)
+        if stream is None or callback is None or getattr(callback, "_idle_ext_guarded", False):
+            return
+
+        def guarded(msg_list: Any) -> None:
+            try:
+                callback(msg_list)
+            except Exception as e:
+                self.log.debug(
+                    "Ignoring a malformed IOPub message from kernel %s: %s", kernel_id, e
+                )
+
+        guarded._idle_ext_guarded = True  # type: ignore[attr-defined]
+        stream.on_recv(guarded)
 
     def sync(self) -> None:
         """Attach to new kernels and forget removed ones."""
@@ -160,6 +192,7 @@ class KernelWatcher:
     def _attach(self, kernel_id: str) -> None:
         kernel = self.km.get_kernel(kernel_id)
         record = self.tracker.add("kernel", kernel_id, getattr(kernel, "kernel_name", "") or "")
+        self._guard_watcher(kernel_id)
         if getattr(kernel, "execution_state", None) == "busy":
             record.busy_since = record.last_activity
 
@@ -203,6 +236,8 @@ class KernelWatcher:
     def detach_all(self) -> None:
         for kernel_id in list(self._attached):
             self._detach(kernel_id)
+        if self._original_start_watching is not None:
+            self.km.start_watching_activity = self._original_start_watching
 
     async def refresh(self) -> None:
         """Check which kernel processes are still alive (a cheap poll of each process)."""

@@ -51,7 +51,7 @@ class KeepaliveHandler(IdleHandler):
             self._refuse(413, f"body larger than {MAX_BODY} bytes")
         try:
             body = json.loads(self.request.body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):
             self._refuse(400, 'body must be JSON like {"seconds": 3600}')
         seconds = body.get("seconds") if isinstance(body, dict) else None
         if (
