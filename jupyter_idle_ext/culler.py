@@ -60,6 +60,8 @@ class IdleCuller:
         self.stopping = False
         # (rule, deadline) of the shutdown we have warned about
         self._warned: tuple[str, float] | None = None
+        # culls under way, by (kind, id): a kernel slow to stop must not hold up the others
+        self._culls: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def describe(self) -> str:
         """The effective policy in one line, for the start-up log."""
@@ -103,12 +105,32 @@ class IdleCuller:
         """One check: snapshot, decide, act."""
         await self.kernels.refresh()
         plan = decide(self.take_snapshot(), self.config)
-        culls = [self._act_on_kernel(d) for d in plan.kernels if d.action in ("cull", "remove")]
-        culls += [self._cull_terminal(d) for d in plan.terminals if d.action == "cull"]
-        if culls:
-            await asyncio.gather(*culls)
+        for decision in plan.kernels:
+            if decision.action in ("cull", "remove"):
+                self._start_cull(decision, self._act_on_kernel)
+        for decision in plan.terminals:
+            if decision.action == "cull":
+                self._start_cull(decision, self._cull_terminal)
         await self._act_on_server(plan.server)
         return plan
+
+    def stopping_ids(self) -> set[str]:
+        """Ids of the kernels and terminals being stopped right now."""
+        return {id for _, id in self._culls}
+
+    def _start_cull(self, decision: Decision, act: Callable[[Decision], Awaitable[None]]) -> None:
+        key = (decision.kind, decision.id)
+        if key in self._culls:
+            return  # still stopping from an earlier check
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._culls.pop(key, None)
+            if not task.cancelled() and task.exception() is not None:
+                self.log.error("Culling %s %s failed: %s", *key, task.exception())
+            # what could not be stopped is tried again at the next check
+
+        self._culls[key] = task = asyncio.ensure_future(act(decision))
+        task.add_done_callback(done)
 
     def seconds_to_shutdown(self) -> float:
         """Seconds until the server shuts down, or -1 while nothing will shut it down."""
@@ -255,6 +277,8 @@ class IdleCuller:
 
     def close(self) -> None:
         self.stopping = True
+        for task in self._culls.values():
+            task.cancel()
         self.kernels.detach_all()
         if self.terminals is not None:
             self.terminals.close()

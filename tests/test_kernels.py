@@ -283,3 +283,33 @@ async def test_other_extensions_report_activity(idle_app: Any, jp_serverapp: Any
     set_busy(settings, "my-extension", False)
     await asyncio.sleep(1.2)
     assert decide(idle_app.culler.take_snapshot(), config).server.action == "shutdown"
+
+
+async def test_a_kernel_slow_to_stop_does_not_delay_the_others(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    """A stubborn kernel takes jupyter_client's whole grace period to stop; a kernel whose
+    deadline falls inside that time is still culled on time."""
+    stubborn = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, stubborn)
+    await run(
+        client,
+        "import signal\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "async def ignore(*args, **kwargs):\n"
+        "    pass\n"
+        "get_ipython().kernel.control_handlers['shutdown_request'] = ignore\n",
+    )
+    client.stop_channels()
+    await wait_for(lambda: "stopping" if stubborn in idle_app.culler.stopping_ids() else None, 10)
+    other = await start_kernel(jp_fetch)
+    other_client = await ready_client(idle_app, other)
+    await run(other_client, "x = 1")
+    ran = time.monotonic()
+    assert stubborn in idle_app.culler.stopping_ids(), (
+        "the stubborn kernel should still be stopping"
+    )
+    await wait_for(lambda: _gone(jp_fetch, other), 20)
+    assert time.monotonic() - ran < 3 + 1.5
+    other_client.stop_channels()
+    await wait_for(lambda: _gone(jp_fetch, stubborn), 30)
