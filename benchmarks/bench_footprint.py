@@ -468,8 +468,8 @@ def loop_scale(ctx: Context) -> list[Row]:
             "the check is linear in the number of kernels, at about "
             f"{fmt(median(check_ms) / count * 1000, 1)} µs per kernel per tick: {breakdown}. "
             "Every tick rebuilds every KernelState and formats a reason string for every kept "
-            "kernel, which only the status document reads; and a tick runs at each deadline, "
-            "at least every cull_interval, and each time any kernel turns idle",
+            "kernel, which only the status document reads; a tick runs at each deadline and "
+            "at least every cull_interval (or the shortest timeout), not per message",
         )
     ctx.note(
         bench,
