@@ -29,7 +29,7 @@ HUB_TOKEN = "hub-token-5d9e0c7b"
 
 
 class FaultyHub:
-    """Plays the Hub's activity and server API; ``mode`` is ok, 503, 403, hang or down."""
+    """Plays the Hub's activity and server API; ``mode`` is ok, 503, 403, 404, hang or down."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -48,7 +48,7 @@ class FaultyHub:
                 if mode == "hang":
                     time.sleep(60)  # accepted, never answered (the client times out)
                     return
-                code = {"ok": 200, "503": 503, "403": 403}[mode]
+                code = {"ok": 200, "503": 503, "403": 403, "404": 404}[mode]
                 if self.command == "DELETE" and mode == "ok":
                     code = 202
                 self.send_response(code)
@@ -102,7 +102,7 @@ ARGS = (
 )
 
 
-@pytest.mark.parametrize("mode", ["hang", "down", "503", "403"])
+@pytest.mark.parametrize("mode", ["hang", "down", "503", "403", "404"])
 def test_a_failing_hub_never_delays_culling_or_the_shutdown(
     start_server: Any, faulty_hub: FaultyHub, mode: str
 ) -> None:
@@ -124,7 +124,7 @@ def test_a_failing_hub_never_delays_culling_or_the_shutdown(
     assert all(len(line) < 300 for line in errors), "one line per error"
     assert HUB_TOKEN not in log
     posts = faulty_hub.posts()
-    if mode == "403":
+    if mode in ("403", "404"):
         # not retried: at most one attempt per interval in which activity moved
         assert len(posts) <= 14, len(posts)
     elif mode != "down":
