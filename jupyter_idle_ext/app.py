@@ -114,6 +114,17 @@ class IdleExtension(ExtensionApp):
     description = __doc__
     load_other_extensions = True
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # set here, not at load or start, so that every life-cycle hook works whatever stage
+        # the extension reached (jupyter_server stops extensions that were only linked when a
+        # later start-up step fails)
+        self.hub: HubEnvironment | None = None
+        self.tracker = ActivityTracker()
+        self.culler: IdleCuller | None = None
+        self.reporter: HubReporter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
     cull_idle_timeout = Seconds(
         config=True,
         help=_seconds_help(
@@ -319,10 +330,6 @@ class IdleExtension(ExtensionApp):
     # -- life cycle --------------------------------------------------------------------------
 
     def initialize_settings(self) -> None:
-        self.tracker = ActivityTracker()
-        self.culler: IdleCuller | None = None
-        self.reporter: HubReporter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self.settings[SETTINGS_KEY] = self.tracker
         register_schema(self.serverapp)
 
@@ -333,6 +340,8 @@ class IdleExtension(ExtensionApp):
         emit_event(self.serverapp, data, self.log)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        if self.culler is not None:
+            return  # already started
         terminal_manager = serverapp.web_app.settings.get("terminal_manager")
         kernels = KernelWatcher(serverapp.kernel_manager, self.tracker, self.log)
         terminals = TerminalWatcher(terminal_manager, self.tracker) if terminal_manager else None
@@ -455,10 +464,15 @@ class IdleExtension(ExtensionApp):
         self.serverapp.stop()
 
     async def stop_extension(self) -> None:
-        for task in self._tasks:
+        # runs inside jupyter_server's cleanup, also for an extension that was never started:
+        # nothing may escape, or the server's own cleanup (its kernels) would be cut short
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._tasks = []
-        if self.culler is not None:
-            self.culler.close()
+        try:
+            if self.culler is not None:
+                self.culler.close()
+        except Exception:
+            self.log.exception("Error while stopping")

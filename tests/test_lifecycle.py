@@ -1,0 +1,60 @@
+"""Life cycle: every hook is safe whatever stage the extension reached, and nothing of ours escapes
+into jupyter_server's cleanup (which would cut the server's own cleanup, its kernels, short)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_server.serverapp import ServerApp
+
+from jupyter_idle_ext.app import IdleExtension
+
+
+def idle_extension(serverapp: Any) -> Any:
+    return serverapp.extension_manager.extension_points["jupyter_idle_ext"].app
+
+
+async def test_stop_before_anything_started() -> None:
+    app = IdleExtension()
+    await app.stop_extension()
+    await app.stop_extension()
+    assert app.culler is None
+
+
+def test_stop_after_start_up_failed_past_the_link(
+    tmp_path: Path, jp_configurable_serverapp: Any, jp_asyncio_loop: Any
+) -> None:
+    """jupyter_server's own test_preferred_dir_validation: the server fails after linking the
+    extensions, then stops them; its cleanup goes on to the kernels."""
+    root = tmp_path / "subdir"
+    root.mkdir()
+    with pytest.raises(SystemExit):
+        jp_configurable_serverapp(root_dir=str(root), preferred_dir=str(tmp_path))
+    serverapp = ServerApp.instance()
+    assert idle_extension(serverapp).culler is None  # linked, never started
+    jp_asyncio_loop.run_until_complete(serverapp.cleanup_extensions())
+
+
+async def test_start_twice_starts_once(idle_app: Any, jp_serverapp: Any) -> None:
+    """Started by the test fixture; a second start (jupyter_server's own, say) changes nothing."""
+    culler, tasks = idle_app.culler, list(idle_app._tasks)
+    await idle_app._start_jupyter_server_extension(jp_serverapp)
+    assert idle_app.culler is culler
+    assert idle_app._tasks == tasks
+
+
+async def test_a_failure_while_stopping_is_logged_not_raised(
+    idle_app: Any, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("detaching failed")
+
+    monkeypatch.setattr(idle_app.culler, "close", broken)
+    with caplog.at_level(logging.ERROR):
+        await idle_app.stop_extension()
+    assert "detaching failed" in caplog.text
+    assert idle_app._tasks == []
+    await idle_app.stop_extension()  # and again, as the fixture's teardown does
