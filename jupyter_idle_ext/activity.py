@@ -147,7 +147,8 @@ class KernelWatcher:
         self.tracker = tracker
         self.log = log
         self._attached: dict[str, Any] = {}
-        self._alive: dict[str, bool] = {}
+        # when each kernel's process was first seen dead
+        self._dead_since: dict[str, float] = {}
         # jupyter_server's IOPub watcher stops for good after one malformed message (pyzmq does
         # not re-arm a stream whose callback raised), which would freeze the traits we follow:
         # guard it on every (re)start of watching
@@ -219,11 +220,10 @@ class KernelWatcher:
         if hasattr(kernel, "add_restart_callback"):
             kernel.add_restart_callback(on_restart, "restart")
         self._attached[kernel_id] = (kernel, on_activity, on_state, on_restart)
-        self._alive[kernel_id] = True
 
     def _detach(self, kernel_id: str) -> None:
         kernel, on_activity, on_state, on_restart = self._attached.pop(kernel_id)
-        self._alive.pop(kernel_id, None)
+        self._dead_since.pop(kernel_id, None)
         try:
             kernel.unobserve(on_activity, names=["last_activity"])
             kernel.unobserve(on_state, names=["execution_state"])
@@ -244,12 +244,24 @@ class KernelWatcher:
         self.sync()
         for kernel_id, (kernel, *_) in list(self._attached.items()):
             try:
-                dead = getattr(kernel, "execution_state", None) == "dead"
-                alive = not dead and bool(await ensure_async(kernel.is_alive()))
+                alive = await self._is_alive(kernel)
             except Exception as e:
                 self.log.debug("Could not poll kernel %s: %s", kernel_id, e)
                 alive = True
-            self._alive[kernel_id] = alive
+            if alive:
+                self._dead_since.pop(kernel_id, None)
+            else:
+                self._dead_since.setdefault(kernel_id, self.tracker.clock())
+
+    @staticmethod
+    async def _is_alive(kernel: Any) -> bool:
+        if getattr(kernel, "execution_state", None) == "dead":
+            return False
+        ready = getattr(kernel, "ready", None)
+        if ready is not None and not ready.done():
+            # a pending kernel still starting has no process to poll yet
+            return True
+        return bool(await ensure_async(kernel.is_alive()))
 
     def states(self) -> tuple[KernelState, ...]:
         states = []
@@ -277,7 +289,7 @@ class KernelWatcher:
                     last_activity=record.last_activity,
                     busy_since=record.busy_since,
                     connections=int(connections.get(kernel_id, 0)),
-                    alive=self._alive.get(kernel_id, True),
+                    dead_since=self._dead_since.get(kernel_id),
                     timeout_override=override,
                 )
             )

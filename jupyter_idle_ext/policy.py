@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# how long a dead kernel stays listed before it is removed: a client that started it (a kernel
+# that failed to start, say) can still read its model and tell the user why it is gone
+DEAD_KERNEL_GRACE = 10.0
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -40,9 +44,14 @@ class KernelState:
     last_activity: float
     busy_since: float | None = None
     connections: int = 0
-    alive: bool = True
+    # when its process was first seen dead, or None while it lives
+    dead_since: float | None = None
     # the kernelspec's metadata.cull_idle_timeout, when it has one
     timeout_override: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.dead_since is None
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,19 @@ def kernel_timeout(kernel: KernelState, config: PolicyConfig) -> tuple[float, st
 
 def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Decision:
     """Cull, remove or keep one kernel."""
-    if not kernel.alive:
-        return Decision("kernel", kernel.id, "remove", "kernel process is dead", now, rule="dead")
+    if kernel.dead_since is not None:
+        removal = kernel.dead_since + DEAD_KERNEL_GRACE
+        if now >= removal:
+            return Decision(
+                "kernel", kernel.id, "remove", "kernel process is dead", removal, rule="dead"
+            )
+        return Decision(
+            "kernel",
+            kernel.id,
+            "keep",
+            f"kernel process is dead; removed in {_seconds(removal - now)}",
+            deadline=removal,
+        )
     timeout, option = kernel_timeout(kernel, config)
     idle = max(0.0, now - kernel.last_activity)
     if timeout <= 0:

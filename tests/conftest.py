@@ -29,12 +29,24 @@ def idle_config(request: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def jp_server_config(idle_config: dict[str, Any]) -> dict[str, Any]:
+def extra_server_config(request: Any) -> dict[str, Any]:
+    """More configuration of the in-process server (sections other than IdleExtension), set
+    with ``@pytest.mark.parametrize("extra_server_config", [{...}], indirect=True)``."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def jp_server_config(
+    idle_config: dict[str, Any], extra_server_config: dict[str, Any]
+) -> dict[str, Any]:
+    server = extra_server_config.pop("ServerApp", {})
     return {
         "ServerApp": {
-            "jpserver_extensions": {"jupyter_idle_ext": True, "jupyter_server_terminals": True}
+            "jpserver_extensions": {"jupyter_idle_ext": True, "jupyter_server_terminals": True},
+            **server,
         },
         "IdleExtension": idle_config,
+        **extra_server_config,
     }
 
 

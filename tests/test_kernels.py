@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import IN_PROCESS, wait_for
 from jupyter_client.kernelspec import KernelSpecManager
 from tornado.httpclient import HTTPClientError
+
+from jupyter_idle_ext.policy import DEAD_KERNEL_GRACE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,16 +175,87 @@ async def test_without_a_cap_a_busy_kernel_is_never_culled(idle_app: Any, jp_fet
 async def test_killed_kernel_is_removed(
     idle_app: Any, jp_fetch: Any, jp_serverapp: Any, caplog: Any
 ) -> None:
-    """S9: a kernel killed from outside is removed at the next check."""
+    """S9: a kernel killed from outside, which jupyter_server does not restart, is removed
+    DEAD_KERNEL_GRACE after it was seen dead."""
     kernel_id = await start_kernel(jp_fetch)
     kernel = jp_serverapp.kernel_manager.get_kernel(kernel_id)
     await wait_for(lambda: ("kernel", kernel_id) in idle_app.tracker.records, 30)
-    kernel.autorestart = False
+    kernel.stop_restarter()
     os.kill(kernel.provisioner.process.pid, signal.SIGKILL)
     await wait_for(lambda: kernel.provisioner.process.poll() is not None, 10)
     idle_app.tracker.changed.set()  # "the next check": do not wait 300 s for it
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    seen_dead = await wait_for(lambda: dead_in_status(jp_fetch, kernel_id), 10)
+    assert seen_dead["action"] == "keep" and "kernel process is dead" in seen_dead["reason"]
+    assert await kernel_exists(jp_fetch, kernel_id), "removed before its grace"
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), DEAD_KERNEL_GRACE + 10)
     assert "Removing dead kernel" in caplog.text
+
+
+@pytest.mark.parametrize("idle_config", [{"cull_idle_timeout": 0}], indirect=True)
+async def test_a_crashed_kernel_that_jupyter_server_restarts_is_kept(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any, caplog: Any
+) -> None:
+    """The grace lets jupyter_server's restarter bring a crashed kernel back (seen dead at a check
+    in between, or not): the user's kernel restarts instead of vanishing."""
+    kernel_id = await start_kernel(jp_fetch)
+    kernel = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    await wait_for(lambda: ("kernel", kernel_id) in idle_app.tracker.records, 30)
+    pid = kernel.provisioner.process.pid
+    os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: kernel.provisioner.process.poll() is not None, 10)
+    idle_app.tracker.changed.set()
+    await wait_for(lambda: kernel.has_kernel and kernel.provisioner.pid != pid, 30)
+    await asyncio.sleep(DEAD_KERNEL_GRACE + 2)
+    idle_app.tracker.changed.set()
+    await asyncio.sleep(1)
+    assert await kernel_exists(jp_fetch, kernel_id), "a restarted kernel was removed"
+    assert "Removing dead kernel" not in caplog.text
+
+
+async def dead_in_status(jp_fetch: Any, kernel_id: str) -> dict[str, Any] | None:
+    r = await jp_fetch("api", "idle", method="GET")
+    for entry in json.loads(r.body)["kernels"]:
+        if entry["id"] == kernel_id and entry["execution_state"] == "dead":
+            return dict(entry)
+    return None
+
+
+@pytest.fixture
+def bad_kernelspec(jp_environ: Any, jp_data_dir: Any) -> str:
+    """A kernelspec whose program does not exist: its kernel fails to start."""
+    spec_dir = jp_data_dir / "kernels" / "bad"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({"argv": ["non_existent_path"], "display_name": "bad", "language": "python"})
+    )
+    return "bad"
+
+
+PENDING_KERNELS = {
+    "ServerApp": {
+        "kernel_manager_class": (
+            "jupyter_server.services.kernels.kernelmanager.AsyncMappingKernelManager"
+        )
+    },
+    "AsyncMappingKernelManager": {"use_pending_kernels": True},
+}
+
+
+@pytest.mark.parametrize("extra_server_config", [PENDING_KERNELS], indirect=True)
+async def test_a_kernel_that_failed_to_start_stays_visible_then_goes(
+    bad_kernelspec: str, idle_app: Any, jp_fetch: Any, caplog: Any
+) -> None:
+    """A client that started a kernel can read why it failed before it is removed (jupyter_server's
+    own test_cull_dead asks this of its culler, and ours must not pre-empt it)."""
+    started = time.monotonic()
+    kernel_id = await start_kernel(jp_fetch, bad_kernelspec)
+    await wait_for(lambda: dead_in_status(jp_fetch, kernel_id), 30)
+    # visible for the grace after we saw it dead, and from the client's start at least that long
+    while time.monotonic() - started < DEAD_KERNEL_GRACE - 1:
+        assert await kernel_exists(jp_fetch, kernel_id), "failed kernel removed within its grace"
+        await asyncio.sleep(0.5)
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), IN_PROCESS["cull_idle_timeout"] + 15)
+    assert f"Removing dead kernel 'bad' ({kernel_id})" in caplog.text
 
 
 @pytest.fixture

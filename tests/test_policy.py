@@ -55,8 +55,21 @@ def config(**options: Any) -> PolicyConfig:
     return PolicyConfig(**{**base, **options})
 
 
-def kernel(id: str = "k1", last: float = 0, busy: float | None = None, **state: Any) -> KernelState:
-    return KernelState(id=id, name="python3", last_activity=T0 + last, busy_since=at(busy), **state)
+def kernel(
+    id: str = "k1",
+    last: float = 0,
+    busy: float | None = None,
+    dead: float | None = None,
+    **state: Any,
+) -> KernelState:
+    return KernelState(
+        id=id,
+        name="python3",
+        last_activity=T0 + last,
+        busy_since=at(busy),
+        dead_since=at(dead),
+        **state,
+    )
 
 
 def snapshot(
@@ -133,9 +146,12 @@ KERNELS = [
     case("busy-past-cap-culled-at-last-activity-plus-timeout", {"max_busy_time": 500},
          {"busy": 0, "last": 450}, 550, "cull", 550, CAP,
          (">= max_busy_time 500 s", "idle 100 s >= cull_idle_timeout 100 s")),
-    case("dead-removed-at-once", {}, {"alive": False}, 1, "remove", 1, "dead", ("dead",)),
+    # a dead kernel stays listed DEAD_KERNEL_GRACE (10 s) for clients to read why it failed
+    case("dead-kept-listed-during-grace", {}, {"dead": 1}, 5, "keep", 11, "",
+         ("kernel process is dead", "removed in 6 s")),
+    case("dead-removed-after-grace", {}, {"dead": 1}, 11, "remove", 11, "dead", ("dead",)),
     case("dead-removed-even-if-busy-and-never-culled", {"cull_idle_timeout": 0},
-         {"alive": False, "busy": 0}, 1, "remove", 1, "dead", ("dead",)),
+         {"dead": 1, "busy": 0}, 11, "remove", 11, "dead", ("dead",)),
 ]
 # fmt: on
 
@@ -230,7 +246,7 @@ SERVER = [
     case("busy-kernel-past-cap-does-not-keep-server", {**IDLE_600, "max_busy_time": 300}, BUSY,
          600, "shutdown", 600, SERVER_IDLE, (">= server_idle_timeout",)),
     case("dead-busy-kernel-does-not-keep-server", IDLE_600,
-         {"kernels": (kernel(busy=0, alive=False),)}, 600, "shutdown", 600, SERVER_IDLE,
+         {"kernels": (kernel(busy=0, dead=0),)}, 600, "shutdown", 600, SERVER_IDLE,
          (">= server_idle_timeout",)),
     case("open-tabs-on-idle-kernel-do-not-keep-server", IDLE_600,
          {"kernels": (kernel(connections=3),)}, 600, "shutdown", 600, SERVER_IDLE,
@@ -405,7 +421,7 @@ def assert_next_check_in_range(plan: Plan, snap: Snapshot, c: PolicyConfig) -> N
 def test_plan_holds_one_decision_per_record() -> None:
     snap = snapshot(
         100,
-        kernels=(kernel("old", last=-500), kernel("new", last=50), kernel("x", alive=False)),
+        kernels=(kernel("old", last=-500), kernel("new", last=50), kernel("x", dead=-20)),
         terminals=(TerminalState("1", T0 - 500), TerminalState("2", T0 + 50)),
     )
     plan = decide(snap, config(**IDLE_600))
