@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: sets up what the suite needs on this machine, then lints, type-checks
-# and runs the whole pytest suite. Extra arguments go to pytest:
+# and runs the whole pytest suite, then jupyter_server's own tests with the extension loaded.
+# Extra arguments go to pytest (and skip jupyter_server's suite):
 #
 #     bash scripts/test.sh                      # everything
 #     bash scripts/test.sh -k culled -x         # a subset
@@ -118,6 +119,13 @@ if [ "$rc" -eq 5 ]; then
     fail "pytest collected no tests (exit code 5)"
 elif [ "$rc" -ne 0 ]; then
     fail "pytest failed (exit code $rc)"
+fi
+
+# -- jupyter_server's own tests, with the extension loaded and started in every server ----------
+
+if [ "$#" -eq 0 ]; then
+    step "jupyter_server's own tests, without and with jupyter_idle_ext"
+    python tests/upstream/run.py || fail "a jupyter_server test fails only with jupyter_idle_ext"
 fi
 
 step "All checks passed in $((SECONDS - START)) s"
