@@ -39,7 +39,8 @@ from traitlets import HasTraits, Instance, Unicode
 
 from jupyter_idle_ext.activity import ActivityTracker, KernelWatcher, snapshot
 from jupyter_idle_ext.culler import IdleCuller
-from jupyter_idle_ext.policy import PolicyConfig, Snapshot, decide
+from jupyter_idle_ext.options import IdleOptions
+from jupyter_idle_ext.policy import Snapshot, decide
 from jupyter_idle_ext.status import build_status
 
 START_GOAL_MS = 50.0
@@ -273,7 +274,7 @@ def _simulated_loop(ctx: Context, count: int, reps: int) -> dict[str, list[float
     log = logging.getLogger("bench.loop")
     log.setLevel(logging.CRITICAL)
     watcher = KernelWatcher(km, tracker, log)
-    config = PolicyConfig()
+    config = IdleOptions.default_policy()
 
     async def stop_server(reason: str) -> None:
         raise AssertionError(f"the simulated server must not shut down: {reason}")

@@ -15,17 +15,18 @@ DEAD_KERNEL_GRACE = 10.0
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The options the rules read (seconds; 0 disables a rule)."""
+    """The options the rules read (seconds; 0 disables a rule). Their defaults and meaning are
+    in options.py; ``IdleOptions.default_policy()`` builds one from the defaults."""
 
-    cull_idle_timeout: float = 3600.0
-    cull_interval: float = 300.0
-    cull_connected: bool = True
-    cull_busy: bool = False
-    max_busy_time: float = 0.0
-    terminal_idle_timeout: float | None = None
-    server_idle_timeout: float = 3600.0
-    max_server_age: float = 0.0
-    shutdown_warning: float = 0.0
+    cull_idle_timeout: float
+    cull_interval: float
+    cull_connected: bool
+    cull_busy: bool
+    max_busy_time: float
+    terminal_idle_timeout: float | None
+    server_idle_timeout: float
+    max_server_age: float
+    shutdown_warning: float
 
     @property
     def terminal_timeout(self) -> float:

@@ -23,15 +23,18 @@ from servers import ServerProcess, wait_until
 from traitlets import TraitError
 from traitlets.config import Config
 
-from jupyter_idle_ext.app import POSITIVE_OPTIONS, SECONDS_OPTIONS, IdleExtension, env_name
+from jupyter_idle_ext.app import IdleExtension
+from jupyter_idle_ext.options import Seconds, env_name
 from jupyter_idle_ext.policy import PolicyConfig
 
 NAN = math.nan
 INF = math.inf
 
 # every seconds option (0 disables it) and those that must be above 0, as the app lists them
-SECONDS = list(SECONDS_OPTIONS)
-POSITIVE = list(POSITIVE_OPTIONS)
+_TRAITS = IdleExtension.class_traits()
+_ALL_SECONDS = [n for n in IdleExtension.option_names() if isinstance(_TRAITS[n], Seconds)]
+SECONDS = [n for n in _ALL_SECONDS if not _TRAITS[n].positive]
+POSITIVE = [n for n in _ALL_SECONDS if _TRAITS[n].positive]
 # the seconds options the idle policy itself reads (the others configure the Hub and keep-alive)
 POLICY_SECONDS = [o for o in SECONDS if o in {f.name for f in dataclasses.fields(PolicyConfig)}]
 
@@ -359,8 +362,24 @@ def test_terminal_timeout_follows_kernels_until_set() -> None:
 
 
 def test_every_option_names_its_env_var_in_its_help() -> None:
-    for option in [*SECONDS, *POSITIVE, "cull_connected", "cull_busy"]:
+    for option in IdleExtension.option_names():
         assert f"${env_name(option)}" in IdleExtension.class_traits()[option].help, option
+
+
+def test_every_option_has_a_readme_row() -> None:
+    """The README's option table names each option with its variable and its default."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^\| `(\w+)` \| (.*)$", readme, flags=re.MULTILINE)
+    }
+    for option in IdleExtension.option_names():
+        assert option in rows, f"no README row for {option}"
+        assert f"`{env_name(option)}`" in rows[option], rows[option]
+        default = IdleExtension.class_traits()[option].default_value
+        if default is not None:
+            shown = str(default).lower() if isinstance(default, bool) else f"{default:g}"
+            assert f"| {shown} |" in rows[option], (option, shown, rows[option])
 
 
 # -- real servers ------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import pytest
 from servers import ServerProcess, execute_over_zmq, wait_until
 
 from jupyter_idle_ext.activity import ActivityTracker, snapshot
-from jupyter_idle_ext.policy import KernelState, PolicyConfig, decide, reported_activity
+from jupyter_idle_ext.options import IdleOptions
+from jupyter_idle_ext.policy import KernelState, decide, reported_activity
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -176,7 +177,9 @@ class FakeClocks:
 def test_wall_clock_jumps_cull_nothing_early(jump: float) -> None:
     clocks = FakeClocks()
     tracker = ActivityTracker(clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
-    config = PolicyConfig(cull_idle_timeout=600, server_idle_timeout=1200, shutdown_warning=0)
+    config = IdleOptions.default_policy(
+        cull_idle_timeout=600, server_idle_timeout=1200, shutdown_warning=0
+    )
     tracker.add("kernel", "k1", "python3")
     clocks.advance(100)
     tracker.touch("kernel", "k1")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_idle_ext.options import IdleOptions
 from jupyter_idle_ext.policy import (
     KernelState,
     Plan,
@@ -52,7 +53,7 @@ def config(**options: Any) -> PolicyConfig:
         "max_server_age": 0.0,
         "shutdown_warning": 0.0,
     }
-    return PolicyConfig(**{**base, **options})
+    return IdleOptions.default_policy(**{**base, **options})
 
 
 def kernel(

@@ -1,0 +1,249 @@
+"""The options: each one defined once, with its default, help, environment variable and check.
+
+Every option is a trait of the ``IdleExtension`` config section. Its trait type reads the
+default from ``$JUPYTER_IDLE_<NAME>`` when neither a config file nor the command line sets it
+(as jupyterhub-singleuser's options read theirs), and checks every value, whichever way it
+came, with a message naming the option: an idle culler that silently runs with a bad value
+costs money. Checks across options (a warning shorter than its timeout) are in
+:meth:`IdleOptions.policy_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+from traitlets import Bool, Float, TraitError
+from traitlets.config import Configurable
+
+from .policy import PolicyConfig
+
+ENV_PREFIX = "JUPYTER_IDLE_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_name(option: str) -> str:
+    """The environment variable that sets the default of an option."""
+    return ENV_PREFIX + option.upper()
+
+
+class _FromEnv:
+    """The part every option type shares: a default read from its environment variable."""
+
+    name: str | None
+    env_fallback: str | None = None
+
+    def _env_value(self) -> tuple[str, str] | None:
+        assert self.name is not None
+        for variable in (env_name(self.name), self.env_fallback):
+            raw = os.environ.get(variable, "").strip() if variable else ""
+            if raw:
+                return variable, raw  # type: ignore[return-value]
+        return None
+
+    def parse(self, variable: str, raw: str) -> Any:
+        raise NotImplementedError
+
+    def default(self, obj: Any = None) -> Any:
+        found = self._env_value()
+        if found is None:
+            return self.default_value  # type: ignore[attr-defined]
+        return self.parse(*found)
+
+
+class Seconds(_FromEnv, Float):  # type: ignore[type-arg]
+    """A number of seconds; 0 disables the rule, or with ``positive`` it must be above 0.
+
+    ``default_text`` describes a default that is computed (None here means "derived")."""
+
+    def __init__(
+        self,
+        default: float | None,
+        *,
+        help: str,
+        zero: str = "disables it",
+        positive: bool = False,
+        default_text: str | None = None,
+        env_fallback: str | None = None,
+    ) -> None:
+        self.positive = positive
+        self.env_fallback = env_fallback
+        shown = default_text or f"{default:g}"
+        rule = "must be > 0" if positive else f"0 {zero}"
+        self._help_text = f"{help} Seconds; {rule}. Default {shown}"
+        super().__init__(default, allow_none=default is None, config=True)  # type: ignore[call-overload]
+
+    def class_init(self, cls: Any, name: str | None) -> None:
+        super().class_init(cls, name)
+        assert name is not None
+        also = f", else ${self.env_fallback}" if self.env_fallback else ""
+        self.help = f"{self._help_text}, from ${env_name(name)}{also}."
+
+    def parse(self, variable: str, raw: str) -> float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise TraitError(
+                f"IdleExtension.{self.name}: ${variable}={raw!r} is not a number of seconds"
+            ) from None
+
+    def validate(self, obj: Any, value: Any) -> float | None:
+        if value is None and self.allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TraitError(
+                f"IdleExtension.{self.name} must be a number of seconds, "
+                f"not the {type(value).__name__} {value!r}"
+            )
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds < 0 or (self.positive and seconds == 0):
+            allowed = "> 0" if self.positive else ">= 0 (0 disables it)"
+            raise TraitError(
+                f"IdleExtension.{self.name} must be a number of seconds {allowed}, not {seconds!r}"
+            )
+        return seconds
+
+
+class Flag(_FromEnv, Bool):  # type: ignore[type-arg]
+    """True or false; from the environment as true/false, 1/0, yes/no or on/off."""
+
+    def __init__(self, default: bool, *, help: str) -> None:
+        self._help_text = f"{help} Default {str(default).lower()}"
+        super().__init__(default, config=True)
+
+    def class_init(self, cls: Any, name: str | None) -> None:
+        super().class_init(cls, name)
+        assert name is not None
+        self.help = f"{self._help_text}, from ${env_name(name)} (true/false)."
+
+    def parse(self, variable: str, raw: str) -> bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise TraitError(
+            f"IdleExtension.{self.name}: ${variable}={raw!r} is not a boolean (use true or false)"
+        )
+
+    def validate(self, obj: Any, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise TraitError(
+                f"IdleExtension.{self.name} must be true or false, "
+                f"not the {type(value).__name__} {value!r}"
+            )
+        return value
+
+
+class IdleOptions(Configurable):
+    """Every option of the extension; ``IdleExtension`` is built on it."""
+
+    cull_idle_timeout = Seconds(
+        3600,
+        help="Cull a kernel after this long without activity. A kernelspec's "
+        "metadata.cull_idle_timeout overrides it for that kernel, where 0 means never.",
+        zero="never culls kernels",
+    )
+    cull_interval = Seconds(
+        300,
+        help="The longest wait between two checks; checks also happen at each deadline, so "
+        "nothing is culled late.",
+        positive=True,
+    )
+    cull_connected = Flag(
+        True,
+        help="Cull idle kernels even while a browser tab is connected to them: an open tab is "
+        "not activity.",
+    )
+    cull_busy = Flag(
+        False,
+        help="Cull kernels by idle time even while they execute (off: a busy kernel is working).",
+    )
+    max_busy_time = Seconds(
+        0,
+        help="After a kernel has been busy this long it counts as stuck: being busy no longer "
+        "protects it or the server, and it is culled once idle.",
+        zero="means no cap: a busy kernel is never culled",
+    )
+    terminal_idle_timeout = Seconds(
+        None,
+        help="Cull a terminal after this long without input or output.",
+        zero="never culls terminals",
+        default_text="cull_idle_timeout",
+    )
+    server_idle_timeout = Seconds(
+        3600,
+        help="Shut the server down after this long without any activity, whatever tabs are open "
+        "and whether kernels still exist.",
+    )
+    max_server_age = Seconds(0, help="Shut the server down at this age even if it is active.")
+    shutdown_warning = Seconds(
+        None,
+        help="Log a WARNING this long before any shutdown. Must be shorter than the shutdown "
+        "timeouts.",
+        zero="means no warning",
+        default_text="a tenth of the shortest shutdown timeout, at most 300",
+    )
+    shutdown_grace = Seconds(
+        30,
+        help="After an idle shutdown starts, the process exits with code 0 at the latest this "
+        "many seconds later, even if a websocket or an extension holds it up.",
+        positive=True,
+    )
+    hub_activity_interval = Seconds(
+        300,
+        help="Under JupyterHub, report the execution-aware last activity to the Hub this often, "
+        "and only when it changed (jittered); jupyterhub-singleuser's own reporter, which counts "
+        "REST polling, is switched off.",
+        zero="disables our reporter and leaves jupyterhub-singleuser's alone",
+        env_fallback="JUPYTERHUB_ACTIVITY_INTERVAL",
+    )
+    max_keepalive = Seconds(
+        3600,
+        help="The longest keep-alive a user may ask for with POST api/idle/keepalive. A "
+        "keep-alive holds off the idle shutdown, never max_server_age.",
+        zero="disables keep-alives (the endpoint answers 403)",
+    )
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [name for name, trait in cls.class_traits().items() if isinstance(trait, _FromEnv)]
+
+    def check_options(self) -> None:
+        """Read every option now, so that a bad value (from the environment, say) fails here."""
+        for name in self.option_names():
+            getattr(self, name)
+
+    def policy_config(self) -> PolicyConfig:
+        """The options the rules read, cross-checked; raises TraitError naming the option."""
+        self.check_options()
+        return _policy({name: getattr(self, name) for name in self.option_names()})
+
+    @classmethod
+    def default_policy(cls, **changes: Any) -> PolicyConfig:
+        """The policy of the static defaults (no environment), with ``changes``: for tests and
+        benchmarks, which must not depend on the machine's settings."""
+        traits = cls.class_traits()
+        values = {name: traits[name].default_value for name in cls.option_names()}
+        return _policy({**values, **changes})
+
+
+def _policy(values: dict[str, Any]) -> PolicyConfig:
+    shutdown_timeouts = [
+        t for t in (values["server_idle_timeout"], values["max_server_age"]) if t > 0
+    ]
+    warning: float | None = values["shutdown_warning"]
+    if warning is None:
+        warning = min([300.0, *[t / 10 for t in shutdown_timeouts]]) if shutdown_timeouts else 0.0
+    for option in ("server_idle_timeout", "max_server_age"):
+        timeout = values[option]
+        if warning and timeout and warning >= timeout:
+            raise TraitError(
+                f"IdleExtension.shutdown_warning ({warning:g} s) must be shorter than "
+                f"IdleExtension.{option} ({timeout:g} s), or 0 for no warning"
+            )
+    fields = {f.name for f in dataclasses.fields(PolicyConfig)}
+    chosen = {name: value for name, value in values.items() if name in fields}
+    return PolicyConfig(**{**chosen, "shutdown_warning": warning})
