@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import threading
 from collections.abc import Awaitable
 from typing import Any, Callable
 
@@ -19,6 +17,7 @@ from jupyter_core.utils import ensure_async
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
 from .metrics import KERNELS_CULLED, TERMINALS_CULLED
 from .policy import Decision, Plan, PolicyConfig, Snapshot, decide, reported_activity
+from .shutdown import exit_promptly
 
 # how long a kernel gets to honour a shutdown_request before it is killed
 KERNEL_STOP_TIMEOUT = 30.0
@@ -270,9 +269,7 @@ class IdleCuller:
         self.stopping = True
         self.log.warning("Shutting down the server: %s.", decision.reason)
         self._server_event("shutdown_started", decision)
-        watchdog = threading.Timer(self.shutdown_grace, os._exit, args=(0,))
-        watchdog.daemon = True
-        watchdog.start()
+        exit_promptly(asyncio.get_running_loop(), self.shutdown_grace, self.log)
         await self.stop_server(decision.reason)
 
     def close(self) -> None:

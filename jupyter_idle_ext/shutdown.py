@@ -1,0 +1,57 @@
+"""Ending the process after an idle shutdown: promptly, with code 0, whatever holds it up.
+
+``ServerApp.stop()`` shuts kernels and extensions down and stops the event loop; the process
+should then exit. Two things can keep it alive, and a server left running costs as much as one
+never stopped: a websocket or an extension that never finishes stopping (bounded by
+``shutdown_grace``), and a non-daemon thread some library left behind, such as AnyIO's worker
+threads that jupyter_server_ydoc uses, which Python waits for at exit although the loop that fed
+them is gone. Once the loop has stopped, every cleanup that can still run has run, so the process
+exits a moment later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+# after the event loop stops, a normal exit takes well under this
+AFTER_STOP = 2.0
+
+
+def _flush_and_exit(log: Any, why: str) -> None:
+    held_by = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()]
+    log.warning("Exiting: %s (still running: %s).", why, ", ".join(held_by) or "nothing")
+    for handler in logging.getLogger().handlers + list(getattr(log, "handlers", [])):
+        try:
+            handler.flush()
+        except Exception:
+            continue
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            continue
+    os._exit(0)
+
+
+def exit_promptly(loop: asyncio.AbstractEventLoop, grace: float, log: Any) -> None:
+    """Make sure the process exits 0: ``AFTER_STOP`` after the loop stops, or ``grace`` from now."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + grace
+        while loop.is_running():
+            if time.monotonic() >= deadline:
+                _flush_and_exit(log, f"the stop did not finish within shutdown_grace ({grace:g} s)")
+            time.sleep(0.1)
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < AFTER_STOP:
+            time.sleep(0.1)
+        _flush_and_exit(log, "the server stopped but the process did not end")
+
+    # a daemon thread: when the process ends by itself, as it usually does, this ends with it
+    threading.Thread(target=watch, name="jupyter_idle_ext exit", daemon=True).start()
