@@ -26,13 +26,28 @@ Clock = Callable[[], float]
 
 @dataclass
 class Record:
-    """One source of activity: a kernel, a terminal, or a source another extension registered."""
+    """One source of activity: a kernel, a terminal, a document, a proxied app, or a source
+    another extension registered."""
 
     kind: str
     id: str
     name: str
     last_activity: float
     busy_since: float | None = None
+    # what it did last, for people: "saved", "input", ...
+    detail: str = ""
+
+    def describe(self) -> str:
+        """The source as a person reads it in a reason: "notes.md saved", "rstudio: input"."""
+        if self.kind == "document":
+            return f"{self.name} {self.detail}".strip()
+        if self.kind in ("kernel", "terminal"):
+            return f"{self.kind} {self.id[:8]}"
+        return f"{self.name}: {self.detail}" if self.detail else self.name
+
+
+# the most documents a status lists (the most recently written ones)
+MAX_DOCUMENTS = 20
 
 
 class ActivityTracker:
@@ -59,6 +74,8 @@ class ActivityTracker:
         self.resume_gap = float("inf")
         # a user's keep-alive: the server is not shut down for idleness before this time
         self.keepalive_until: float | None = None
+        # the source of the server's last activity, to name it in reasons
+        self.last_record: Record | None = None
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -71,19 +88,30 @@ class ActivityTracker:
             self.changed.set()
         return record
 
-    def _server_activity(self, now: float) -> None:
+    def _server_activity(self, now: float, record: Record) -> None:
         if now - self.last_activity > self.resume_gap:
             self.resumed.set()
         if self.wake_on_activity:
             self.changed.set()
         self.last_activity = max(self.last_activity, now)
+        self.last_record = record
 
-    def touch(self, kind: str, id: str, name: str | None = None) -> None:
-        """Record activity of a source now."""
+    def touch(self, kind: str, id: str, name: str | None = None, detail: str | None = None) -> None:
+        """Record activity of a source now (``detail``: what it did, for people)."""
         now = self.clock()
         record = self._record(kind, id, name)
         record.last_activity = now
-        self._server_activity(now)
+        if detail is not None:
+            record.detail = detail
+        self._server_activity(now, record)
+
+    def touch_document(self, path: str, action: str) -> None:
+        """A document was written ("saved", "renamed", ...); only the latest ones are listed."""
+        self.touch("document", path, path, action)
+        documents = self.of_kind("document")
+        if len(documents) > MAX_DOCUMENTS:
+            oldest = min(documents, key=lambda r: r.last_activity)
+            self.records.pop((oldest.kind, oldest.id), None)
 
     def set_busy(self, kind: str, id: str, busy: bool, name: str | None = None) -> None:
         """Mark the start or the end of a source's busy period; both ends are activity."""
@@ -94,7 +122,7 @@ class ActivityTracker:
         elif not busy and record.busy_since is not None:
             record.busy_since = None
         record.last_activity = now
-        self._server_activity(now)
+        self._server_activity(now, record)
 
     def add(self, kind: str, id: str, name: str) -> Record:
         """Start following a source found between checks.
@@ -345,8 +373,11 @@ def snapshot(
 ) -> Snapshot:
     """Everything the policy needs, read now."""
     sources = tuple(
-        SourceState(r.name, r.last_activity, r.busy_since) for r in tracker.of_kind("extension")
+        SourceState(r.kind, r.id, r.name, r.last_activity, r.busy_since, r.detail)
+        for r in tracker.records.values()
+        if r.kind not in ("kernel", "terminal")
     )
+    last = tracker.last_record
     return Snapshot(
         now=tracker.clock(),
         started=tracker.started,
@@ -355,4 +386,5 @@ def snapshot(
         terminals=terminals,
         sources=sources,
         keepalive_until=tracker.keepalive_until,
+        last_source=last.describe() if last is not None else None,
     )

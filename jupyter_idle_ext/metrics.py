@@ -32,3 +32,9 @@ KEEPALIVES = Counter(
     "Keep-alive requests, by result (granted, cancelled, refused).",
     ["result"],
 )
+ACTIVITY = Counter(
+    "jupyter_idle_ext_activity",
+    "Activity recorded from sources other than kernels and terminals, by source (document, "
+    "collaboration, app).",
+    ["source"],
+)

@@ -65,11 +65,16 @@ class TerminalState:
 
 @dataclass(frozen=True)
 class SourceState:
-    """An activity source registered by another extension."""
+    """Any other source of activity: a document written, an app behind jupyter-server-proxy, a
+    source another extension registered."""
 
+    kind: str
+    id: str
     name: str
     last_activity: float
     busy_since: float | None = None
+    # what it did last, for people: "saved", "input", ...
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class Snapshot:
     sources: tuple[SourceState, ...] = ()
     # a user's keep-alive: no idle shutdown before this time
     keepalive_until: float | None = None
+    # what the last activity was, for people ("notes.md saved", "kernel 3f2a5b1c")
+    last_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,7 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
     """Shut the server down, warn that it will, or keep it, with the rule that decides."""
     now = snapshot.now
     idle = max(0.0, now - snapshot.last_activity)
+    last = f", last activity: {snapshot.last_source}" if snapshot.last_source else ""
     candidates: list[tuple[float, str, str]] = []
     keep_reason = ""
     if config.max_server_age > 0:
@@ -274,7 +282,7 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             deadline = snapshot.last_activity + config.server_idle_timeout
             rule, reason = (
                 "server_idle_timeout",
-                f"idle {_seconds(idle)} >= server_idle_timeout {timeout}",
+                f"idle {_seconds(idle)} >= server_idle_timeout {timeout}{last}",
             )
             if snapshot.keepalive_until is not None and snapshot.keepalive_until > deadline:
                 deadline = snapshot.keepalive_until
@@ -301,9 +309,8 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
     if rule == "keepalive":
         reason = f"keep-alive in force, idle {_seconds(idle)}"
     elif rule == "server_idle_timeout":
-        reason = (
-            f"idle {_seconds(idle)} of server_idle_timeout {_seconds(config.server_idle_timeout)}"
-        )
+        timeout = _seconds(config.server_idle_timeout)
+        reason = f"idle {_seconds(idle)} of server_idle_timeout {timeout}{last}"
     else:
         reason = (keep_reason + "; " if keep_reason else "") + "shuts down at max_server_age"
     return Decision("server", "", "keep", reason, deadline=deadline, idle=idle, rule=rule)

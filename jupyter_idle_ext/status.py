@@ -12,7 +12,7 @@ from typing import Any
 
 from .activity import ActivityTracker
 from .hub import HubReporter
-from .policy import Plan, PolicyConfig, Snapshot, decide, reported_activity
+from .policy import Plan, PolicyConfig, Snapshot, SourceState, decide, reported_activity
 
 # SageMaker's /api/idle format, which platforms that poll it parse
 SAGEMAKER_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"
@@ -20,6 +20,20 @@ SAGEMAKER_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"
 
 def _round(seconds: float) -> float:
     return round(max(0.0, seconds), 1)
+
+
+def _ago(seconds: float) -> str:
+    return f"{round(max(0.0, seconds))} s ago"
+
+
+def describe_source(source: SourceState, now: float) -> str:
+    """What a source did, for people: "notes.md saved 12 s ago", "rstudio: input 5 s ago"."""
+    if source.busy_since is not None:
+        return f"{source.name} busy for {round(now - source.busy_since)} s"
+    ago = _ago(now - source.last_activity)
+    if source.kind == "document":
+        return f"{source.name} {source.detail} {ago}"
+    return f"{source.name}: {source.detail or 'active'} {ago}"
 
 
 def build_status(
@@ -86,6 +100,18 @@ def build_status(
         }
         for state, decision in zip(snapshot.terminals, plan.terminals)
     ]
+    sources = [
+        {
+            "kind": source.kind,
+            "name": source.name,
+            "detail": source.detail,
+            "last_activity": iso(source.last_activity),
+            "idle_seconds": _round(now - source.last_activity),
+            "busy_seconds": None if source.busy_since is None else _round(now - source.busy_since),
+            "reason": describe_source(source, now),
+        }
+        for source in sorted(snapshot.sources, key=lambda s: -s.last_activity)
+    ]
     hub: dict[str, Any] = {"enabled": reporter is not None, "note": hub_note}
     if reporter is not None:
         hub.update(
@@ -119,6 +145,7 @@ def build_status(
         "keepalive_cap_seconds": keepalive_cap,
         "kernels": kernels,
         "terminals": terminals,
+        "sources": sources,
         "hub": hub,
         "policy": asdict(config),
     }
