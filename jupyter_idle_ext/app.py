@@ -12,12 +12,15 @@ from tornado import web
 from traitlets import TraitError
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher
+from .collaboration import collaboration_watcher
 from .culler import IdleCuller
+from .documents import DocumentWatcher
 from .events import emit_event, register_schema
 from .handlers import default_handlers
 from .hub import HubEnvironment, HubReporter, silence_singleuser_reporter
 from .metrics import IDLE_SECONDS, KEEPALIVES, SECONDS_TO_SHUTDOWN
 from .options import IdleOptions
+from .proxy import ProxyWatcher, proxy_watcher
 from .status import build_status
 
 SETTINGS_KEY = "jupyter_idle_ext_tracker"
@@ -40,6 +43,9 @@ class IdleExtension(IdleOptions, ExtensionApp):
         self.culler: IdleCuller | None = None
         self.reporter: HubReporter | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # activity sources besides kernels and terminals; each has close()
+        self.sources: list[Any] = []
+        self.proxy: ProxyWatcher | None = None
 
     def _link_jupyter_server_extension(self, serverapp: Any) -> None:
         # jupyter_server logs a failing extension and runs on without it; for an idle culler that
@@ -86,6 +92,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
             emit=self.emit,
         )
         self._listen_for_kernels(serverapp)
+        self._start_sources(serverapp)
         self.log.info("jupyter_idle_ext: %s", culler.describe())
         self._tasks.append(asyncio.create_task(culler.run()))
         IDLE_SECONDS.set_function(
@@ -102,6 +109,28 @@ class IdleExtension(IdleOptions, ExtensionApp):
                 log=self.log,
             )
             self._tasks.append(asyncio.create_task(self.reporter.run()))
+
+    def _start_sources(self, serverapp: Any) -> None:
+        """Documents, collaborative edits and proxied apps, each where it exists."""
+        counted = ["kernels", "terminals", "document writes"]
+        event_logger = getattr(serverapp, "event_logger", None)
+        self.sources.append(DocumentWatcher(serverapp.contents_manager, event_logger, self.tracker))
+        collaboration = collaboration_watcher(serverapp.web_app, self.tracker)
+        if collaboration is not None:
+            self.sources.append(collaboration)
+            counted.append("collaborative edits")
+        self.proxy = proxy_watcher(
+            serverapp.web_app, self.tracker, self.proxy_keepalive_patterns, self.log
+        )
+        if self.proxy is not None:
+            self.sources.append(self.proxy)
+            apps = ", ".join(self.proxy.apps()) or "ports"
+            with_keepalives = ", ".join(sorted(self.proxy.keepalives)) or "none"
+            counted.append(
+                f"input to apps behind jupyter-server-proxy ({apps}; client keep-alives "
+                f"ignored for {with_keepalives})"
+            )
+        self.log.info("Counting as activity: %s.", "; ".join(counted))
 
     # -- surfaces ----------------------------------------------------------------------------
 
@@ -199,8 +228,18 @@ class IdleExtension(IdleOptions, ExtensionApp):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        try:
-            if self.culler is not None:
-                self.culler.close()
-        except Exception:
-            self.log.exception("Error while stopping")
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None:
+            # simpervisor stops them only on a signal, which an idle shutdown is not
+            try:
+                await proxy.stop_apps()
+            except Exception:
+                self.log.exception("Error while stopping the proxied apps")
+        closing = [self.culler] if self.culler is not None else []
+        closing += self.sources
+        self.sources = []
+        for part in closing:
+            try:
+                part.close()
+            except Exception:
+                self.log.exception("Error while stopping")

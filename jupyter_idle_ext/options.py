@@ -10,15 +10,19 @@ costs money. Checks across options (a warning shorter than its timeout) are in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 import os
+import re
 from typing import Any
 
-from traitlets import Bool, Float, TraitError
+from traitlets import Bool, Dict, Float, TraitError
 from traitlets.config import Configurable
 
 from .policy import PolicyConfig
+from .proxy import DEFAULT_KEEPALIVES
 
 ENV_PREFIX = "JUPYTER_IDLE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -35,6 +39,8 @@ class _FromEnv:
 
     name: str | None
     env_fallback: str | None = None
+    # the default when no variable is set (traitlets keeps a container's default elsewhere)
+    static_default: Any = None
 
     def _env_value(self) -> tuple[str, str] | None:
         assert self.name is not None
@@ -50,7 +56,7 @@ class _FromEnv:
     def default(self, obj: Any = None) -> Any:
         found = self._env_value()
         if found is None:
-            return self.default_value  # type: ignore[attr-defined]
+            return copy.deepcopy(self.static_default)
         return self.parse(*found)
 
 
@@ -71,6 +77,7 @@ class Seconds(_FromEnv, Float):  # type: ignore[type-arg]
     ) -> None:
         self.positive = positive
         self.env_fallback = env_fallback
+        self.static_default = default
         shown = default_text or f"{default:g}"
         rule = "must be > 0" if positive else f"0 {zero}"
         self._help_text = f"{help} Seconds; {rule}. Default {shown}"
@@ -112,6 +119,7 @@ class Flag(_FromEnv, Bool):  # type: ignore[type-arg]
 
     def __init__(self, default: bool, *, help: str) -> None:
         self._help_text = f"{help} Default {str(default).lower()}"
+        self.static_default = default
         super().__init__(default, config=True)
 
     def class_init(self, cls: Any, name: str | None) -> None:
@@ -135,6 +143,61 @@ class Flag(_FromEnv, Bool):  # type: ignore[type-arg]
                 f"not the {type(value).__name__} {value!r}"
             )
         return value
+
+
+class Patterns(_FromEnv, Dict):  # type: ignore[type-arg,unused-ignore]
+    """Per-app regular expressions: ``{app: {"requests": [...], "messages": [...]}}``; from the
+    environment as JSON."""
+
+    KEYS = ("requests", "messages")
+
+    def __init__(self, default: dict[str, dict[str, list[str]]], *, help: str) -> None:
+        self._help_text = help
+        self.static_default = default
+        super().__init__(default_value=default, config=True)
+
+    def class_init(self, cls: Any, name: str | None) -> None:
+        super().class_init(cls, name)
+        assert name is not None
+        self.help = f"{self._help_text} Default from ${env_name(name)} (JSON)."
+
+    def parse(self, variable: str, raw: str) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise TraitError(f"IdleExtension.{self.name}: ${variable} is not JSON: {e}") from None
+
+    def validate(self, obj: Any, value: Any) -> dict[str, dict[str, list[str]]]:
+        option = f"IdleExtension.{self.name}"
+        if not isinstance(value, dict):
+            raise TraitError(f"{option} must map app names to patterns, not {value!r}")
+        checked: dict[str, dict[str, list[str]]] = {}
+        for app, rules in value.items():
+            if not isinstance(app, str) or not isinstance(rules, dict):
+                raise TraitError(
+                    f'{option}[{app!r}] must be like {{"requests": [...], "messages": [...]}}'
+                )
+            unknown = set(rules) - set(self.KEYS)
+            if unknown:
+                raise TraitError(
+                    f"{option}[{app!r}] has unknown keys {sorted(unknown)}; "
+                    f"use {' and '.join(self.KEYS)}"
+                )
+            checked[app] = {}
+            for key in self.KEYS:
+                patterns = rules.get(key, [])
+                if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+                    raise TraitError(f"{option}[{app!r}][{key!r}] must be a list of strings")
+                for pattern in patterns:
+                    try:
+                        re.compile(pattern)
+                    except re.error as e:
+                        raise TraitError(
+                            f"{option}[{app!r}][{key!r}]: {pattern!r} is not a regular "
+                            f"expression ({e})"
+                        ) from None
+                checked[app][key] = list(patterns)
+        return checked
 
 
 class IdleOptions(Configurable):
@@ -207,6 +270,15 @@ class IdleOptions(Configurable):
         zero="disables keep-alives (the endpoint answers 403)",
     )
 
+    proxy_keepalive_patterns = Patterns(
+        DEFAULT_KEEPALIVES,
+        help="What the clients of apps behind jupyter-server-proxy send by themselves, which is "
+        'not the person\'s input: {app name: {"requests": [regex searched in the request path], '
+        '"messages": [regex searched in client websocket messages; binary ones read as latin-1, '
+        "one character per byte]}}. The default covers rstudio, vscode, code-server and desktop; "
+        "a config file can add an app with c.IdleExtension.proxy_keepalive_patterns.update(...).",
+    )
+
     @classmethod
     def option_names(cls) -> list[str]:
         return [name for name, trait in cls.class_traits().items() if isinstance(trait, _FromEnv)]
@@ -226,7 +298,8 @@ class IdleOptions(Configurable):
         """The policy of the static defaults (no environment), with ``changes``: for tests and
         benchmarks, which must not depend on the machine's settings."""
         traits = cls.class_traits()
-        values = {name: traits[name].default_value for name in cls.option_names()}
+        options: dict[str, _FromEnv] = {n: traits[n] for n in cls.option_names()}  # type: ignore[misc]
+        values = {name: trait.static_default for name, trait in options.items()}
         return _policy({**values, **changes})
 
 

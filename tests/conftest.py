@@ -39,14 +39,20 @@ def extra_server_config(request: Any) -> dict[str, Any]:
 def jp_server_config(
     idle_config: dict[str, Any], extra_server_config: dict[str, Any]
 ) -> dict[str, Any]:
-    server = extra_server_config.pop("ServerApp", {})
+    extra = dict(extra_server_config)
+    server = dict(extra.pop("ServerApp", {}))
+    extensions = server.pop("jpserver_extensions", {})
     return {
         "ServerApp": {
-            "jpserver_extensions": {"jupyter_idle_ext": True, "jupyter_server_terminals": True},
+            "jpserver_extensions": {
+                "jupyter_idle_ext": True,
+                "jupyter_server_terminals": True,
+                **extensions,
+            },
             **server,
         },
         "IdleExtension": idle_config,
-        **extra_server_config,
+        **extra,
     }
 
 

@@ -3,6 +3,7 @@ into jupyter_server's cleanup (which would cut the server's own cleanup, its ker
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from jupyter_server.serverapp import ServerApp
 
 from jupyter_idle_ext.app import IdleExtension
+from jupyter_idle_ext.routing import handler_rules
 
 
 def idle_extension(serverapp: Any) -> Any:
@@ -58,3 +60,19 @@ async def test_a_failure_while_stopping_is_logged_not_raised(
     assert "detaching failed" in caplog.text
     assert idle_app._tasks == []
     await idle_app.stop_extension()  # and again, as the fixture's teardown does
+
+
+async def test_without_the_optional_packages_nothing_of_theirs_is_followed(
+    idle_app: Any, jp_serverapp: Any, caplog: Any
+) -> None:
+    """Without jupyter-server-proxy and jupyter-collaboration (this venv has neither) the
+    extension follows kernels, terminals and documents, and changes no route."""
+    if importlib.util.find_spec("jupyter_server_proxy") or importlib.util.find_spec(
+        "jupyter_server_ydoc"
+    ):
+        pytest.skip("this venv has the optional packages (the test runs in the main one)")
+    assert idle_app.proxy is None
+    assert [type(s).__name__ for s in idle_app.sources] == ["DocumentWatcher"]
+    routes = handler_rules(jp_serverapp.web_app, object)
+    observed = {"jupyter_idle_ext.proxy", "jupyter_idle_ext.collaboration"}
+    assert routes and not [r for r in routes if r.target.__module__ in observed]
