@@ -8,6 +8,10 @@
 #
 # What it installs when missing (so a fresh clone on a fresh machine works):
 #   .venv/                      python3 -m venv, then pip install -e ".[test,lint]"
+#   .venv-apps/                 the same with jupyter-collaboration and jupyter-server-proxy
+#                               (".[test,apps]"), for the tests marked `apps`: installing them
+#                               changes JupyterLab (real-time collaboration), so the other
+#                               tests run without them, as most deployments do
 #   chromium                    Debian package, for the real-browser tests (never `playwright install`)
 #   configurable-http-proxy@5   npm, into .venv/node, for the real-JupyterHub tests
 #
@@ -65,6 +69,15 @@ step "Installing the package (editable) with its test and lint extras"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e ".[test,lint]"
 
+APPS_VENV="$ROOT/.venv-apps"
+if [ ! -x "$APPS_VENV/bin/python" ]; then
+    step "Creating $APPS_VENV"
+    python3 -m venv "$APPS_VENV"
+fi
+step "Installing the package into $APPS_VENV with jupyter-collaboration and jupyter-server-proxy"
+"$APPS_VENV/bin/python" -m pip install --quiet --upgrade pip
+"$APPS_VENV/bin/python" -m pip install --quiet -e ".[test,lint,apps]"
+
 # -- Chromium for the browser tests -------------------------------------------------------------
 
 if command -v chromium >/dev/null 2>&1; then
@@ -111,15 +124,28 @@ ruff format --check .
 
 step "mypy"
 mypy
+step "mypy, with jupyter-collaboration and jupyter-server-proxy installed"
+"$APPS_VENV/bin/mypy"
 
-step "pytest $*"
-rc=0
-python -m pytest "$@" || rc=$?
-if [ "$rc" -eq 5 ]; then
-    fail "pytest collected no tests (exit code 5)"
-elif [ "$rc" -ne 0 ]; then
-    fail "pytest failed (exit code $rc)"
-fi
+# run_pytest LABEL PYTHON MARKER ARGS...: with a selection (ARGS), a run that collects nothing
+# is fine; without one, it means the suite is broken
+run_pytest() {
+    local label="$1" python="$2" marker="$3"
+    shift 3
+    step "pytest ($label) -m '$marker' $*"
+    local rc=0
+    "$python" -m pytest -m "$marker" "$@" || rc=$?
+    if [ "$rc" -eq 5 ] && [ "$#" -gt 0 ]; then
+        return 0
+    elif [ "$rc" -eq 5 ]; then
+        fail "pytest ($label) collected no tests (exit code 5)"
+    elif [ "$rc" -ne 0 ]; then
+        fail "pytest ($label) failed (exit code $rc)"
+    fi
+}
+
+run_pytest "main" python "not apps" "$@"
+run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" "$@"
 
 # -- jupyter_server's own tests, with the extension loaded and started in every server ----------
 

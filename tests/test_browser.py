@@ -8,17 +8,16 @@ server down, although its tab keeps polling just like the other one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from browser import lab_server, launch, playwright_and_chromium
 from servers import TOKEN, ServerProcess, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,15 +41,6 @@ BUILTIN_ARGS = (
     # the built-in check logs "No activity for N seconds." only at DEBUG
     "--ServerApp.log_level=DEBUG",
 )
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 NOTEBOOK = {
     "cells": [
         {
@@ -75,24 +65,6 @@ NOTEBOOK = {
     "nbformat_minor": 5,
 }
 NO_ACTIVITY = re.compile(r"No activity for (\d+) seconds\.")
-
-
-def playwright_and_chromium() -> tuple[Any, str]:
-    """Playwright's sync API and Debian's chromium; on CI a missing one fails the test."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("playwright is not installed (pip install playwright; never `playwright install`)")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        missing("no `chromium` on PATH (apt-get install -y chromium)")
-    return sync_playwright, chromium
-
-
-def missing(problem: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"the browser test must run on CI: {problem}")
-    pytest.skip(problem)
 
 
 @dataclass
@@ -195,16 +167,11 @@ def test_open_tab_does_not_keep_the_server(tmp_path: Path) -> None:
         ("jupyter_idle_ext", True, EXTENSION_ARGS),
         ("built-in", False, BUILTIN_ARGS),
     ):
-        root = tmp_path / label / "root"
-        root.mkdir(parents=True)
-        (root / "idle.ipynb").write_text(json.dumps(NOTEBOOK))
-        # JupyterLab keeps workspaces and settings in ~/.jupyter; keep each server's to itself
-        env = {
-            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / label / "workspaces"),
-            "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / label / "settings"),
-        }
-        server = ServerProcess(
-            root, extension=extension, args=args, env=env, extensions={"jupyterlab": True}
+        server = lab_server(
+            tmp_path / label,
+            extension=extension,
+            args=args,
+            files={"idle.ipynb": json.dumps(NOTEBOOK)},
         )
         tabs.append(Tab(label, server))
     ours, builtin = tabs
@@ -212,7 +179,7 @@ def test_open_tab_does_not_keep_the_server(tmp_path: Path) -> None:
         for tab in tabs:
             tab.server.wait_ready(90)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            browser = launch(p, chromium)
             try:
                 # one after the other: an unused kernel would be culled while the other tab loads
                 for tab in tabs:

@@ -1,0 +1,80 @@
+"""Real browsers for tests: Debian's Chromium driven by Playwright, on JupyterLab servers.
+
+Never ``playwright install`` (it downloads a browser, which this machine cannot): the Chromium
+from ``apt-get install chromium`` is used. On CI a missing browser fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+from servers import ServerProcess
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def missing(problem: str) -> NoReturn:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the browser test must run on CI: {problem}")
+    pytest.skip(problem)
+
+
+def playwright_and_chromium() -> tuple[Any, str]:
+    """Playwright's sync API and Debian's chromium; on CI a missing one fails the test."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed (pip install playwright; never `playwright install`)")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        missing("no `chromium` on PATH (apt-get install -y chromium)")
+    return sync_playwright, chromium
+
+
+def launch(playwright: Any, chromium: str) -> Any:
+    return playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+
+
+def lab_server(
+    base: Path,
+    *,
+    extension: bool = True,
+    args: tuple[str, ...] = (),
+    settings: dict[str, dict[str, Any]] | None = None,
+    files: dict[str, str] | None = None,
+) -> ServerProcess:
+    """A JupyterLab server (not yet ready) with workspaces and settings of its own.
+
+    ``settings`` maps a plugin id ("@jupyterlab/docmanager-extension:plugin") to its settings.
+    """
+    root = base / "root"
+    root.mkdir(parents=True)
+    for name, content in (files or {}).items():
+        (root / name).write_text(content)
+    settings_dir = base / "settings"
+    for plugin, values in (settings or {}).items():
+        package, name = plugin.split(":")
+        target = settings_dir / package / f"{name}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
+    # JupyterLab keeps workspaces and settings in ~/.jupyter; keep each server's to itself
+    env = {
+        "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings_dir),
+    }
+    return ServerProcess(
+        root, extension=extension, args=args, env=env, extensions={"jupyterlab": True}
+    )

@@ -1,0 +1,177 @@
+"""S13 in a real browser: a person types in a file for longer than server_idle_timeout, executing
+nothing; beside it, a forgotten tab on another server (its negative control).
+
+JupyterLab 4 in headless Chromium, once with its own autosave (shortened through settings) and
+once with real-time collaboration (jupyter-collaboration saves server-side; ``-m apps``). The
+typing server stays up while the keys go on, every key reaches the disk, and it stops
+server_idle_timeout after the last one with the tab still open; the forgotten tab, which keeps
+polling and writing its workspace, does not keep its server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from browser import lab_server, launch, playwright_and_chromium
+from servers import TOKEN, ServerProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+TIMEOUT = 12  # server_idle_timeout of both servers
+AUTOSAVE = 2  # JupyterLab's autosaveInterval, shortened (its default is 120 s)
+KEYS = 15
+KEY_EVERY = 1.5  # seconds: 15 keys take 21 s, well past the timeout
+ARGS = (f"--IdleExtension.server_idle_timeout={TIMEOUT}", "--IdleExtension.shutdown_warning=3")
+SETTINGS = {"@jupyterlab/docmanager-extension:plugin": {"autosaveInterval": AUTOSAVE}}
+
+
+@dataclass
+class Tab:
+    label: str
+    server: ServerProcess
+    page: Any = None
+    opened_at: float = 0.0
+    last_key_at: float = 0.0
+    exited_at: float | None = None
+    # the wall clock at the exit, to compare with the log's times
+    exited_wall: datetime | None = None
+    writes: list[tuple[float, str]] = field(default_factory=list)
+
+    def watch(self) -> None:
+        if self.exited_at is None and not self.server.running:
+            self.exited_at = time.monotonic()
+            self.exited_wall = datetime.now()
+
+    def diagnose(self) -> str:
+        return f"--- {self.label} server log (tail) ---\n{self.server.log()[-4000:]}"
+
+
+def open_file(context: Any, tab: Tab) -> None:
+    page = context.new_page()
+    tab.page = page
+
+    def note(request: Any) -> None:
+        if request.method != "GET":
+            tab.writes.append((time.monotonic(), f"{request.method} {urlsplit(request.url).path}"))
+
+    page.on("request", note)
+    page.goto(f"{tab.server.url}/lab/tree/notes.md?token={TOKEN}", timeout=120_000)
+    page.locator(".jp-FileEditor .cm-content").first.wait_for(timeout=120_000)
+    tab.opened_at = time.monotonic()
+
+
+def write_beside_a_forgotten_tab(tmp_path: Path, collaborative: bool) -> None:
+    sync_playwright, chromium = playwright_and_chromium()
+    typing = Tab(
+        "typing",
+        lab_server(tmp_path / "typing", args=ARGS, settings=SETTINGS, files={"notes.md": ""}),
+    )
+    forgotten = Tab(
+        "forgotten",
+        lab_server(
+            tmp_path / "forgotten", args=ARGS, settings=SETTINGS, files={"notes.md": "left alone\n"}
+        ),
+    )
+    tabs = (typing, forgotten)
+    try:
+        for tab in tabs:
+            tab.server.wait_ready(90)
+        with sync_playwright() as p:
+            browser = launch(p, chromium)
+            try:
+                open_file(browser.new_context(), forgotten)
+                open_file(browser.new_context(), typing)
+                editor = typing.page.locator(".jp-FileEditor .cm-content").first
+                editor.click()
+                for _ in range(KEYS):
+                    assert typing.server.running, f"shut down while typing\n{typing.diagnose()}"
+                    typing.page.keyboard.type("k")
+                    typing.last_key_at = time.monotonic()
+                    forgotten.watch()
+                    typing.page.wait_for_timeout(KEY_EVERY * 1000)
+                counted = activity_counts(typing.server)
+                deadline = time.monotonic() + TIMEOUT + 30
+                while any(t.exited_at is None for t in tabs) and time.monotonic() < deadline:
+                    for tab in tabs:
+                        tab.watch()
+                    typing.page.wait_for_timeout(250)
+            finally:
+                browser.close()
+        for tab in tabs:
+            assert tab.exited_at is not None, f"never stopped\n{tab.diagnose()}"
+            assert tab.server.wait_exit(5) == 0, tab.diagnose()
+
+        # kept while typing (21 s, past the 12 s timeout), every key on disk, stopped after
+        assert (typing.server.root / "notes.md").read_text() == "k" * KEYS, typing.diagnose()
+        after_last_key = typing.exited_at - typing.last_key_at
+        slack = 1.5 if collaborative else AUTOSAVE + 1.5
+        assert TIMEOUT - 1 <= after_last_key <= TIMEOUT + slack + 2, (
+            after_last_key,
+            typing.diagnose(),
+        )
+        log = typing.server.log()
+        assert "last activity: notes.md " in log, typing.diagnose()
+        # each save counted, and with collaboration each edit as it arrived
+        assert counted.get("document", 0) >= (KEYS if collaborative else 3), counted
+        if collaborative:
+            assert counted.get("collaboration", 0) >= KEYS, counted
+        # the shutdown with the (collaborative) tab connected is prompt
+        for tab in tabs:
+            started = _log_time(tab.server.log(), "Shutting down the server")
+            assert started is not None and tab.exited_wall is not None, tab.diagnose()
+            stop_took = (tab.exited_wall - started).total_seconds()
+            assert stop_took < 5, (stop_took, tab.diagnose())
+
+        # the forgotten tab kept writing its workspace and polling, and its server stopped on time
+        after_open = forgotten.exited_at - forgotten.opened_at
+        assert after_open <= TIMEOUT + 4, (after_open, forgotten.diagnose())
+        workspace_puts = [w for t, w in forgotten.writes if "/lab/api/workspaces" in w]
+        assert workspace_puts or collaborative, forgotten.writes
+        assert (forgotten.server.root / "notes.md").read_text() == "left alone\n"
+    finally:
+        for tab in tabs:
+            tab.server.stop()
+
+
+def activity_counts(server: ServerProcess) -> dict[str, float]:
+    """jupyter_idle_ext_activity_total by source, from the server's /metrics."""
+    request = urllib.request.Request(
+        f"{server.url}/metrics", headers={"Authorization": f"token {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(
+            r'^jupyter_idle_ext_activity_total\{source="(\w+)"\} (\S+)$', text, re.M
+        )
+    }
+
+
+def _log_time(log: str, text: str) -> datetime | None:
+    """When the server logged ``text`` (its log's times are local wall-clock times)."""
+    match = re.search(rf"\[\w (\S+ \S+) IdleExtension\] {re.escape(text)}", log)
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f") if match else None
+
+
+def test_typing_with_autosave_keeps_the_server_a_forgotten_tab_does_not(tmp_path: Path) -> None:
+    write_beside_a_forgotten_tab(tmp_path, collaborative=False)
+
+
+@pytest.mark.apps
+def test_collaborative_typing_keeps_the_server_a_forgotten_tab_does_not(tmp_path: Path) -> None:
+    if importlib.util.find_spec("jupyter_server_ydoc") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("jupyter-collaboration is not installed in this venv (use .venv-apps)")
+        pytest.skip("jupyter-collaboration is not installed (bash scripts/test.sh sets it up)")
+    write_beside_a_forgotten_tab(tmp_path, collaborative=True)
