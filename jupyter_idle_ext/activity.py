@@ -36,6 +36,11 @@ class Record:
     busy_since: float | None = None
     # what it did last, for people: "saved", "input", ...
     detail: str = ""
+    # a kernel or terminal whose process (or one it started) works: since when, and which
+    computing_since: float | None = None
+    computing: str | None = None
+    # when its last busy period ended (a kernel's CPU then is its cell's, not a thread's)
+    idle_since: float | None = None
 
     def describe(self) -> str:
         """The source as a person reads it in a reason: "notes.md saved", "rstudio: input"."""
@@ -43,6 +48,8 @@ class Record:
             return f"{self.name} {self.detail}".strip()
         if self.kind in ("kernel", "terminal"):
             return f"{self.kind} {self.id[:8]}"
+        if self.kind == "process":
+            return f"process {self.id.split('@')[0]} `{self.name}`"
         return f"{self.name}: {self.detail}" if self.detail else self.name
 
 
@@ -121,6 +128,21 @@ class ActivityTracker:
             record.busy_since = now
         elif not busy and record.busy_since is not None:
             record.busy_since = None
+            record.idle_since = now
+        record.last_activity = now
+        self._server_activity(now, record)
+
+    def set_computing(self, kind: str, id: str, command: str | None) -> None:
+        """A kernel's or terminal's process (or one it started) works (``command``), or no
+        longer does (None); both ends are activity."""
+        record = self.records.get((kind, id))
+        if record is None or (command is None) == (record.computing is None):
+            if record is not None:
+                record.computing = command
+            return
+        now = self.clock()
+        record.computing = command
+        record.computing_since = now if command is not None else None
         record.last_activity = now
         self._server_activity(now, record)
 
@@ -291,6 +313,15 @@ class KernelWatcher:
             return True
         return bool(await ensure_async(kernel.is_alive()))
 
+    def pids(self) -> dict[int, tuple[str, str]]:
+        """The process id of each local kernel."""
+        found = {}
+        for kernel_id, (kernel, *_) in list(self._attached.items()):
+            pid = getattr(getattr(kernel, "provisioner", None), "pid", None)
+            if isinstance(pid, int):
+                found[pid] = ("kernel", kernel_id)
+        return found
+
     def states(self) -> tuple[KernelState, ...]:
         states = []
         connections = getattr(self.km, "_kernel_connections", {})
@@ -318,6 +349,8 @@ class KernelWatcher:
                     busy_since=record.busy_since,
                     connections=int(connections.get(kernel_id, 0)),
                     dead_since=self._dead_since.get(kernel_id),
+                    computing_since=record.computing_since,
+                    computing=record.computing,
                     timeout_override=override,
                 )
             )
@@ -360,7 +393,19 @@ class TerminalWatcher:
 
     def states(self) -> tuple[TerminalState, ...]:
         self.sync()
-        return tuple(TerminalState(r.id, r.last_activity) for r in self.tracker.of_kind("terminal"))
+        return tuple(
+            TerminalState(r.id, r.last_activity, r.computing_since, r.computing)
+            for r in self.tracker.of_kind("terminal")
+        )
+
+    def pids(self) -> dict[int, tuple[str, str]]:
+        """The process id of each terminal's shell."""
+        found = {}
+        for name, term in list(self.tm.terminals.items()):
+            pid = getattr(getattr(term, "ptyproc", None), "pid", None)
+            if isinstance(pid, int):
+                found[pid] = ("terminal", str(name))
+        return found
 
     def close(self) -> None:
         self.tm.pre_pty_read_hook = self._original_hook

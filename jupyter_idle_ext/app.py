@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from typing import Any
 
@@ -20,6 +21,7 @@ from .handlers import default_handlers
 from .hub import HubEnvironment, HubReporter, silence_singleuser_reporter
 from .metrics import IDLE_SECONDS, KEEPALIVES, SECONDS_TO_SHUTDOWN
 from .options import IdleOptions
+from .processes import ENV_MARKER, ProcessWatcher, load_nvml, mark_environment
 from .proxy import ProxyWatcher, proxy_watcher
 from .status import build_status
 
@@ -46,6 +48,8 @@ class IdleExtension(IdleOptions, ExtensionApp):
         # activity sources besides kernels and terminals; each has close()
         self.sources: list[Any] = []
         self.proxy: ProxyWatcher | None = None
+        self.processes: ProcessWatcher | None = None
+        self.marker: str | None = None
 
     def _link_jupyter_server_extension(self, serverapp: Any) -> None:
         # jupyter_server logs a failing extension and runs on without it; for an idle culler that
@@ -65,6 +69,9 @@ class IdleExtension(IdleOptions, ExtensionApp):
 
     def initialize_settings(self) -> None:
         self.settings[SETTINGS_KEY] = self.tracker
+        if self.process_check_interval > 0:
+            # before any kernel, terminal or app starts: each inherits it
+            self.marker = mark_environment()
         register_schema(self.serverapp)
 
     def initialize_handlers(self) -> None:
@@ -92,7 +99,10 @@ class IdleExtension(IdleOptions, ExtensionApp):
             emit=self.emit,
         )
         self._listen_for_kernels(serverapp)
-        self._start_sources(serverapp)
+        self._start_sources(serverapp, kernels, terminals)
+        culler.processes = self.processes
+        if self.processes is not None:
+            self.processes.stopping = culler.stopping_ids
         self.log.info("jupyter_idle_ext: %s", culler.describe())
         self._tasks.append(asyncio.create_task(culler.run()))
         IDLE_SECONDS.set_function(
@@ -110,8 +120,10 @@ class IdleExtension(IdleOptions, ExtensionApp):
             )
             self._tasks.append(asyncio.create_task(self.reporter.run()))
 
-    def _start_sources(self, serverapp: Any) -> None:
-        """Documents, collaborative edits and proxied apps, each where it exists."""
+    def _start_sources(
+        self, serverapp: Any, kernels: KernelWatcher, terminals: TerminalWatcher | None
+    ) -> None:
+        """Documents, collaborative edits, proxied apps and processes, each where it exists."""
         counted = ["kernels", "terminals", "document writes"]
         event_logger = getattr(serverapp, "event_logger", None)
         self.sources.append(DocumentWatcher(serverapp.contents_manager, event_logger, self.tracker))
@@ -129,6 +141,32 @@ class IdleExtension(IdleOptions, ExtensionApp):
             counted.append(
                 f"input to apps behind jupyter-server-proxy ({apps}; client keep-alives "
                 f"ignored for {with_keepalives})"
+            )
+        if self.marker is not None:
+
+            def owners() -> dict[int, tuple[str, str]]:
+                return {**kernels.pids(), **(terminals.pids() if terminals else {})}
+
+            self.processes = ProcessWatcher(
+                tracker=self.tracker,
+                marker=self.marker,
+                interval=self.process_check_interval,
+                cpu_threshold=self.process_cpu_threshold,
+                gpu_threshold=self.gpu_utilization_threshold,
+                owners=owners,
+                log=self.log,
+                nvml=load_nvml() if self.gpu_utilization_threshold > 0 else None,
+            )
+            self.sources.append(self.processes)
+            self._tasks.append(asyncio.create_task(self.processes.run()))
+            use = []
+            if self.process_cpu_threshold > 0:
+                use.append(f"CPU >= {self.process_cpu_threshold:g} % of a core")
+            if self.processes.gpus is not None and self.processes.gpus.handles:
+                use.append(f"GPU >= {self.gpu_utilization_threshold:g} %")
+            counted.append(
+                f"work of this server's processes ({', '.join(use) or 'no measure on'}, "
+                f"checked every {self.process_check_interval:g} s)"
             )
         self.log.info("Counting as activity: %s.", "; ".join(counted))
 
@@ -228,6 +266,9 @@ class IdleExtension(IdleOptions, ExtensionApp):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.marker is not None and os.environ.get(ENV_MARKER) == self.marker:
+            # processes started from now on are no longer this server's
+            del os.environ[ENV_MARKER]
         proxy, self.proxy = self.proxy, None
         if proxy is not None:
             # simpervisor stops them only on a signal, which an idle shutdown is not

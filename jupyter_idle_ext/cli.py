@@ -61,7 +61,10 @@ def explain(doc: dict[str, Any]) -> str:
         when = f", culled at {terminal['cull_at']}" if terminal["cull_at"] else ""
         lines.append(f"  terminal {terminal['name']}: {terminal['reason']}{when}")
     for source in doc.get("sources", []):
-        lines.append(f"  {source['kind']} {source['reason']}")
+        reason = source["reason"]
+        lines.append(
+            f"  {reason}" if reason.startswith(source["kind"]) else f"  {source['kind']} {reason}"
+        )
     hub = doc["hub"]
     if hub["enabled"]:
         error = f", last error: {hub['last_error']}" if hub["last_error"] else ""

@@ -17,10 +17,19 @@ from jupyter_core.utils import ensure_async
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
 from .metrics import KERNELS_CULLED, TERMINALS_CULLED
 from .policy import Decision, Plan, PolicyConfig, Snapshot, decide, reported_activity
+from .processes import FRESH, ProcessWatcher
 from .shutdown import exit_promptly
 
 # how long a kernel gets to honour a shutdown_request before it is killed
 KERNEL_STOP_TIMEOUT = 30.0
+
+
+def _stops_something(plan: Plan) -> bool:
+    return (
+        plan.server.action == "shutdown"
+        or any(d.action == "cull" for d in plan.kernels)
+        or any(d.action == "cull" for d in plan.terminals)
+    )
 
 
 def _describe_seconds(value: float | None, off: str = "off") -> str:
@@ -57,6 +66,8 @@ class IdleCuller:
         self.shutdown_grace = shutdown_grace
         self.emit = emit
         self.stopping = False
+        # this server's processes, sampled again right before anything is stopped
+        self.processes: ProcessWatcher | None = None
         # (rule, deadline) of the shutdown we have warned about
         self._warned: tuple[str, float] | None = None
         # culls under way, by (kind, id): a kernel slow to stop must not hold up the others
@@ -104,6 +115,10 @@ class IdleCuller:
         """One check: snapshot, decide, act."""
         await self.kernels.refresh()
         plan = decide(self.take_snapshot(), self.config)
+        if self.processes is not None and _stops_something(plan):
+            # a job that started since the last scan must not lose to the scan's phase
+            await self.processes.sample(fresh=FRESH)
+            plan = decide(self.take_snapshot(), self.config)
         for decision in plan.kernels:
             if decision.action in ("cull", "remove"):
                 self._start_cull(decision, self._act_on_kernel)

@@ -65,6 +65,10 @@ class Seconds(_FromEnv, Float):  # type: ignore[type-arg]
 
     ``default_text`` describes a default that is computed (None here means "derived")."""
 
+    unit = "seconds"
+    unit_help = "Seconds"
+    maximum = math.inf
+
     def __init__(
         self,
         default: float | None,
@@ -80,7 +84,7 @@ class Seconds(_FromEnv, Float):  # type: ignore[type-arg]
         self.static_default = default
         shown = default_text or f"{default:g}"
         rule = "must be > 0" if positive else f"0 {zero}"
-        self._help_text = f"{help} Seconds; {rule}. Default {shown}"
+        self._help_text = f"{help} {self.unit_help}; {rule}. Default {shown}"
         super().__init__(default, allow_none=default is None, config=True)  # type: ignore[call-overload]
 
     def class_init(self, cls: Any, name: str | None) -> None:
@@ -94,7 +98,7 @@ class Seconds(_FromEnv, Float):  # type: ignore[type-arg]
             return float(raw)
         except ValueError:
             raise TraitError(
-                f"IdleExtension.{self.name}: ${variable}={raw!r} is not a number of seconds"
+                f"IdleExtension.{self.name}: ${variable}={raw!r} is not a number of {self.unit}"
             ) from None
 
     def validate(self, obj: Any, value: Any) -> float | None:
@@ -102,16 +106,28 @@ class Seconds(_FromEnv, Float):  # type: ignore[type-arg]
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TraitError(
-                f"IdleExtension.{self.name} must be a number of seconds, "
+                f"IdleExtension.{self.name} must be a number of {self.unit}, "
                 f"not the {type(value).__name__} {value!r}"
             )
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds < 0 or (self.positive and seconds == 0):
+        number = float(value)
+        low = number < 0 or (self.positive and number == 0)
+        if not math.isfinite(number) or low or number > self.maximum:
             allowed = "> 0" if self.positive else ">= 0 (0 disables it)"
+            if self.maximum < math.inf:
+                allowed += f" and <= {self.maximum:g}"
             raise TraitError(
-                f"IdleExtension.{self.name} must be a number of seconds {allowed}, not {seconds!r}"
+                f"IdleExtension.{self.name} must be a number of {self.unit} {allowed}, "
+                f"not {number!r}"
             )
-        return seconds
+        return number
+
+
+class Percent(Seconds):
+    """A percentage (of one CPU core, of a GPU); 0 disables what it measures."""
+
+    unit = "percent"
+    unit_help = "Percent"
+    maximum = 100.0
 
 
 class Flag(_FromEnv, Bool):  # type: ignore[type-arg]
@@ -270,6 +286,27 @@ class IdleOptions(Configurable):
         zero="disables keep-alives (the endpoint answers 403)",
     )
 
+    process_check_interval = Seconds(
+        15,
+        help="How often this server's processes (everything it started, also after its parent "
+        "is gone: nohup, setsid, tmux) are checked for work; they are checked again right "
+        "before anything would be culled or the server shut down.",
+        zero="turns the process source off",
+    )
+    process_cpu_threshold = Percent(
+        10,
+        help="A process of this server works while it uses at least this much of one CPU core "
+        "(and until it falls below half of it); a kernel whose process works while it reports "
+        "idle counts as busy. Far above what an idle kernel, shell or the server uses.",
+        zero="never counts CPU work",
+    )
+    gpu_utilization_threshold = Percent(
+        10,
+        help="A process of this server works while it uses at least this much of a GPU's "
+        "compute (utilisation, not memory held), measured through NVML when nvidia-ml-py and a "
+        "driver are there.",
+        zero="never counts GPU work",
+    )
     proxy_keepalive_patterns = Patterns(
         DEFAULT_KEEPALIVES,
         help="What the clients of apps behind jupyter-server-proxy send by themselves, which is "

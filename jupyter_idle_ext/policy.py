@@ -49,6 +49,9 @@ class KernelState:
     dead_since: float | None = None
     # the kernelspec's metadata.cull_idle_timeout, when it has one
     timeout_override: float | None = None
+    # since when its process (or one it started) works while it reports idle, and which
+    computing_since: float | None = None
+    computing: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -61,6 +64,9 @@ class TerminalState:
 
     name: str
     last_activity: float
+    # since when a program running in it works, and which
+    computing_since: float | None = None
+    computing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,12 @@ def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Deci
         )
     deadline = kernel.last_activity + timeout
     past_cap = ""
-    if kernel.busy_since is not None and not config.cull_busy:
-        busy_for = now - kernel.busy_since
+    # executing a cell, or computing outside one (a thread, a process it started)
+    busy_since, busy = kernel.busy_since, "busy"
+    if busy_since is None and kernel.computing_since is not None:
+        busy_since, busy = kernel.computing_since, f"computing ({kernel.computing})"
+    if busy_since is not None and not config.cull_busy:
+        busy_for = now - busy_since
         cap = config.max_busy_time
         if cap <= 0 or busy_for < cap:
             # a busy kernel is working, however silent; only the cap can end that
@@ -173,12 +183,12 @@ def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Deci
                 "kernel",
                 kernel.id,
                 "keep",
-                f"busy for {_seconds(busy_for)}",
-                deadline=kernel.busy_since + cap if cap > 0 else None,
+                f"{busy} for {_seconds(busy_for)}",
+                deadline=busy_since + cap if cap > 0 else None,
                 idle=0.0,
             )
-        deadline = max(deadline, kernel.busy_since + cap)
-        past_cap = f"busy {_seconds(busy_for)} >= max_busy_time {_seconds(cap)}, "
+        deadline = max(deadline, busy_since + cap)
+        past_cap = f"{busy} {_seconds(busy_for)} >= max_busy_time {_seconds(cap)}, "
     if now >= deadline:
         return Decision(
             "kernel",
@@ -213,6 +223,20 @@ def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -
             "terminal", terminal.name, "keep", f"{option} is 0: never culled", idle=idle
         )
     deadline = terminal.last_activity + timeout
+    if terminal.computing_since is not None:
+        busy_for = now - terminal.computing_since
+        cap = config.max_busy_time
+        if cap <= 0 or busy_for < cap:
+            # a silent program in it works (culling would kill it)
+            return Decision(
+                "terminal",
+                terminal.name,
+                "keep",
+                f"running {terminal.computing} for {_seconds(busy_for)}",
+                deadline=terminal.computing_since + cap if cap > 0 else None,
+                idle=0.0,
+            )
+        deadline = max(deadline, terminal.computing_since + cap)
     if now >= deadline:
         return Decision(
             "terminal",
@@ -236,15 +260,32 @@ def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -
 def _busy_reason(snapshot: Snapshot, config: PolicyConfig) -> str | None:
     """Why the server is working right now, or None when nothing is."""
     now = snapshot.now
+    cap = config.max_busy_time
+
+    def capped(since: float) -> bool:
+        return cap > 0 and now - since >= cap
+
     for kernel in snapshot.kernels:
-        if kernel.busy_since is None or not kernel.alive:
+        if not kernel.alive:
             continue
-        if config.max_busy_time > 0 and now - kernel.busy_since >= config.max_busy_time:
-            continue
-        return f"kernel {kernel.id} busy for {_seconds(now - kernel.busy_since)}"
+        if kernel.busy_since is not None and not capped(kernel.busy_since):
+            return f"kernel {kernel.id} busy for {_seconds(now - kernel.busy_since)}"
+        if kernel.computing_since is not None and not capped(kernel.computing_since):
+            return (
+                f"kernel {kernel.id} computing ({kernel.computing}) for "
+                f"{_seconds(now - kernel.computing_since)}"
+            )
     for source in snapshot.sources:
-        if source.busy_since is not None:
-            return f"{source.name} busy for {_seconds(now - source.busy_since)}"
+        if source.busy_since is None:
+            continue
+        # a process is capped like a kernel; another extension's source says when it is done
+        if source.kind == "process" and capped(source.busy_since):
+            continue
+        busy_for = _seconds(now - source.busy_since)
+        if source.kind == "process":
+            pid = source.id.split("@")[0]
+            return f"process {pid} `{source.name}` at {source.detail} for {busy_for}"
+        return f"{source.name} busy for {busy_for}"
     return None
 
 

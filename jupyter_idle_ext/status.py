@@ -28,9 +28,15 @@ def _ago(seconds: float) -> str:
 
 def describe_source(source: SourceState, now: float) -> str:
     """What a source did, for people: "notes.md saved 12 s ago", "rstudio: input 5 s ago"."""
+    pid = source.id.split("@")[0]
+    if source.kind == "process" and source.busy_since is not None:
+        busy_for = round(now - source.busy_since)
+        return f"process {pid} `{source.name}` at {source.detail} for {busy_for} s"
     if source.busy_since is not None:
         return f"{source.name} busy for {round(now - source.busy_since)} s"
     ago = _ago(now - source.last_activity)
+    if source.kind == "process":
+        return f"process {pid} `{source.name}` stopped working {ago} (now {source.detail})"
     if source.kind == "document":
         return f"{source.name} {source.detail} {ago}"
     return f"{source.name}: {source.detail or 'active'} {ago}"

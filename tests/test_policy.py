@@ -23,6 +23,7 @@ from jupyter_idle_ext.policy import (
     decide_server,
     decide_terminal,
     horizon,
+    reported_activity,
 )
 
 # not 0, so that a deadline at the origin cannot pass for "no deadline"
@@ -61,6 +62,7 @@ def kernel(
     last: float = 0,
     busy: float | None = None,
     dead: float | None = None,
+    computing: float | None = None,
     **state: Any,
 ) -> KernelState:
     return KernelState(
@@ -69,6 +71,8 @@ def kernel(
         last_activity=T0 + last,
         busy_since=at(busy),
         dead_since=at(dead),
+        computing_since=at(computing),
+        computing=None if computing is None else "python -m ipykernel_launcher",
         **state,
     )
 
@@ -147,6 +151,15 @@ KERNELS = [
     case("busy-past-cap-culled-at-last-activity-plus-timeout", {"max_busy_time": 500},
          {"busy": 0, "last": 450}, 550, "cull", 550, CAP,
          (">= max_busy_time 500 s", "idle 100 s >= cull_idle_timeout 100 s")),
+    # its process (a thread, or a process it started) computes while it reports idle
+    case("computing-kept-no-deadline-without-cap", {}, {"computing": 0}, NEVER, "keep", None,
+         "", ("computing (python -m ipykernel_launcher) for",)),
+    case("computing-kept-until-cap", {"max_busy_time": 500}, {"computing": 0}, 499, "keep",
+         500, "", ("computing",)),
+    case("computing-past-cap-culled", {"max_busy_time": 500}, {"computing": 0}, 500, "cull",
+         500, CAP, ("computing (python -m ipykernel_launcher) 500 s >= max_busy_time 500 s",)),
+    case("executing-named-before-computing", {}, {"busy": 0, "computing": 10}, NEVER, "keep",
+         None, "", ("busy for",)),
     # a dead kernel stays listed DEAD_KERNEL_GRACE (10 s) for clients to read why it failed
     case("dead-kept-listed-during-grace", {}, {"dead": 1}, 5, "keep", 11, "",
          ("kernel process is dead", "removed in 6 s")),
@@ -223,6 +236,33 @@ def test_terminal(
     assert_reason(d.reason, words)
 
 
+def test_a_terminal_whose_program_works_is_kept_until_the_cap() -> None:
+    c = config(terminal_idle_timeout=60, max_busy_time=500)
+    running = TerminalState("1", T0, computing_since=T0 + 10, computing="python train.py")
+    d = decide_terminal(running, c, T0 + 300)
+    assert (d.action, d.deadline) == ("keep", T0 + 510), d
+    assert "running python train.py for 290 s" in d.reason
+    d = decide_terminal(running, c, T0 + 510)
+    assert (d.action, d.rule) == ("cull", TERM), d
+    done = TerminalState("1", T0 + 300)  # its program ended at 300: idle from then
+    assert decide_terminal(done, c, T0 + 359).action == "keep"
+    assert decide_terminal(done, c, T0 + 360).action == "cull"
+
+
+def process(busy: float | None, cpu: str = "97 % CPU") -> SourceState:
+    return SourceState(
+        "process", "4242@1700000000.00", "python train.py", T0, busy_since=at(busy), detail=cpu
+    )
+
+
+def test_the_hub_hears_now_while_a_process_works_until_the_cap() -> None:
+    c = config(**IDLE_600, max_busy_time=1000)
+    working = snapshot(900, sources=(process(busy=0),))
+    assert reported_activity(working, c) == T0 + 900
+    assert reported_activity(snapshot(1000, sources=(process(busy=0),)), c) == T0
+    assert reported_activity(snapshot(900, sources=(process(busy=None),)), c) == T0
+
+
 # -- the server ------------------------------------------------------------------------------
 
 BUSY = {"kernels": (kernel(busy=0),)}
@@ -258,6 +298,13 @@ SERVER = [
     case("idle-extension-source-does-not-keep-server", IDLE_600,
          {"sources": (SourceState("extension", "lsp", "lsp", T0),)}, 600, "shutdown", 600,
          SERVER_IDLE, (">= server_idle_timeout",)),
+    case("working-process-keeps-server", IDLE_600, {"sources": (process(busy=0),)}, NEVER,
+         "keep", None, "", ("process 4242 `python train.py` at 97 % CPU for",)),
+    case("process-past-cap-does-not-keep-server", {**IDLE_600, "max_busy_time": 300},
+         {"sources": (process(busy=0),)}, 600, "shutdown", 600, SERVER_IDLE,
+         (">= server_idle_timeout",)),
+    case("computing-kernel-keeps-server", IDLE_600, {"kernels": (kernel(computing=0),)}, NEVER,
+         "keep", None, "", ("kernel k1 computing",)),
     case("a-written-document-is-not-busy", IDLE_600,
          {"sources": (SourceState("document", "a.md", "a.md", T0, detail="saved"),)}, 600,
          "shutdown", 600, SERVER_IDLE, (">= server_idle_timeout",)),

@@ -1,0 +1,394 @@
+"""Processes this server started, working on the CPU (or a GPU), as activity.
+
+Long runs often leave the kernel: ``nohup python train.py &`` in a terminal that is then closed,
+a cell that starts a detached process and returns, a kernel computing in a background thread
+while it reports ``idle``. The process is working although nothing the server watches moves.
+
+Which processes are this server's: every process the server starts (kernels, terminals' shells,
+jupyter-server-proxy's apps) inherits its environment, and so does everything they start, also
+after its parent is gone (nohup, setsid, tmux, a closed terminal: re-parented to PID 1, so a scan
+of the server's descendants misses them). At start the extension puts a random id of its own in
+``$JUPYTER_IDLE_SERVER_ID``; a process carrying that id is ours. Another server's processes,
+even of the same user, carry another id or none, so they never count. A process's environment
+is readable only by its own user (or root): the scan reads nothing this server's user could not,
+and a process that replaced its environment (``env -i``) is not seen.
+
+The scan runs in a thread, on ``process_check_interval``, and again right before anything would be
+culled or the server shut down. A process works while it uses at least ``process_cpu_threshold``
+percent of a core (or ``gpu_utilization_threshold`` percent of a GPU), and stops working once
+below half of it; ``max_busy_time`` caps it like a busy kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .activity import ActivityTracker
+
+ENV_MARKER = "JUPYTER_IDLE_SERVER_ID"
+# a scan taken this recently is fresh enough for a decision; a CPU share is measured over at
+# least this long (a scan right after another would measure a blip)
+FRESH = 1.0
+MIN_WINDOW = 1.0
+
+
+def mark_environment() -> str:
+    """Give this server an id that every process it starts from now on inherits."""
+    marker = uuid.uuid4().hex
+    os.environ[ENV_MARKER] = marker
+    return marker
+
+
+@dataclass
+class Sample:
+    """One process of ours at one scan."""
+
+    pid: int
+    ppid: int
+    cpu_time: float
+    at: float
+    # percent of one core over the interval since the previous scan; None on the first one
+    cpu: float | None = None
+    gpu: float | None = None
+
+
+@dataclass
+class Tracked:
+    """What the watcher keeps about one of our processes between scans."""
+
+    pid: int
+    command: str
+    last: Sample
+    working: bool = False
+    # the kernel or terminal it belongs to, by (kind, id)
+    owner: tuple[str, str] | None = None
+    # it is (or was) a kernel's or terminal's own process; once that kernel or terminal is gone
+    # it only winds down (a kernel shutting down uses CPU), and that is not work
+    was_own_process: bool = False
+    retired: bool = False
+    # the monotonic time the current CPU share is measured from
+    window_start: float = 0.0
+
+
+@dataclass
+class ScanResult:
+    samples: dict[tuple[int, float], Sample] = field(default_factory=dict)
+    commands: dict[tuple[int, float], str] = field(default_factory=dict)
+    parents: dict[int, int] = field(default_factory=dict)
+    took: float = 0.0
+
+
+def short_command(cmdline: list[str], limit: int = 60) -> str:
+    """A process's command line for people: the program's base name, then its arguments."""
+    if not cmdline:
+        return "?"
+    words = [os.path.basename(cmdline[0]), *cmdline[1:]]
+    text = " ".join(words)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Scanner:
+    """Finds this server's processes and reads their CPU time (run in a thread)."""
+
+    def __init__(self, marker: str, own_pid: int | None = None) -> None:
+        self.marker = marker
+        self.own_pid = own_pid if own_pid is not None else os.getpid()
+        # (pid, create time) -> ours or not, read once per process
+        self._ours: dict[tuple[int, float], bool] = {}
+
+    def _is_ours(self, proc: psutil.Process) -> bool:
+        try:
+            environ = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            return False
+        return bool(environ.get(ENV_MARKER) == self.marker)
+
+    def scan(self) -> ScanResult:
+        started = time.monotonic()
+        result = ScanResult()
+        alive: set[tuple[int, float]] = set()
+        for proc in psutil.process_iter(["pid", "ppid", "create_time"]):
+            info = proc.info
+            pid, ppid, created = info["pid"], info["ppid"] or 0, info["create_time"] or 0.0
+            result.parents[pid] = ppid
+            key = (pid, created)
+            alive.add(key)
+            if pid == self.own_pid:
+                continue
+            ours = self._ours.get(key)
+            if ours is None:
+                ours = self._ours[key] = self._is_ours(proc)
+            if not ours:
+                continue
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    if key not in result.commands:
+                        result.commands[key] = short_command(proc.cmdline())
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+            cpu_time = times.user + times.system
+            result.samples[key] = Sample(pid, ppid, cpu_time, time.monotonic())
+        for key in set(self._ours) - alive:
+            del self._ours[key]
+        result.took = time.monotonic() - started
+        return result
+
+
+class Gpus:
+    """GPU utilisation per process through NVML (``nvidia-ml-py``), when a driver is there.
+
+    Utilisation, not memory: an idle kernel that imported torch holds GPU memory and does nothing.
+    """
+
+    def __init__(self, nvml: Any, log: Any) -> None:
+        self.nvml = nvml
+        self.log = log
+        self.handles: list[Any] = []
+        self._last_seen: dict[int, int] = {}
+        if nvml is None:
+            self.log.info("GPU activity is off: nvidia-ml-py is not installed.")
+            return
+        try:
+            nvml.nvmlInit()
+            count = nvml.nvmlDeviceGetCount()
+            self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except Exception as e:
+            self.log.info("GPU activity is off: NVML is not available (%s).", e)
+            self.handles = []
+            return
+        self.log.info("Counting GPU utilisation of this server's processes on %d GPU(s).", count)
+
+    def utilisation(self) -> dict[int, float]:
+        """The highest SM utilisation (percent) of each process seen since the last call."""
+        used: dict[int, float] = {}
+        for index, handle in enumerate(self.handles):
+            last = self._last_seen.get(index, 0)
+            try:
+                samples = self.nvml.nvmlDeviceGetProcessUtilization(handle, last)
+            except self.nvml.NVMLError_NotFound:
+                continue  # no samples since ``last``: nothing ran
+            except self.nvml.NVMLError as e:
+                self.log.debug("Could not read GPU %d's utilisation: %s", index, e)
+                continue
+            for sample in samples:
+                used[sample.pid] = max(used.get(sample.pid, 0.0), float(sample.smUtil))
+                self._last_seen[index] = max(self._last_seen.get(index, 0), sample.timeStamp)
+        return used
+
+    def close(self) -> None:
+        if self.handles:
+            with contextlib.suppress(Exception):
+                self.nvml.nvmlShutdown()
+            self.handles = []
+
+
+def load_nvml() -> Any:
+    """The NVML bindings (``pip install jupyter-idle-ext[gpu]``), or None."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    return pynvml
+
+
+class ProcessWatcher:
+    """Samples this server's processes and records the working ones into an ActivityTracker.
+
+    A working process is a busy source of kind ``process``; when it belongs to a kernel (the
+    kernel's own process or one it started) or a terminal, that kernel or terminal is
+    ``computing`` too, so it is not culled while it works.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracker: ActivityTracker,
+        marker: str,
+        interval: float,
+        cpu_threshold: float,
+        gpu_threshold: float,
+        owners: Any,
+        log: Any,
+        nvml: Any = None,
+    ) -> None:
+        self.tracker = tracker
+        self.scanner = Scanner(marker)
+        self.interval = interval
+        self.cpu_threshold = cpu_threshold
+        self.gpu_threshold = gpu_threshold
+        # () -> {pid: (kind, id)} of the kernels' and terminals' own processes
+        self.owners = owners
+        # () -> ids of the kernels and terminals being stopped: their processes wind down
+        self.stopping: Any = set
+        self.log = log
+        self.gpus = Gpus(nvml, log) if gpu_threshold > 0 else None
+        self.tracked: dict[tuple[int, float], Tracked] = {}
+        self.min_window = MIN_WINDOW
+        self.last_scan = 0.0
+        self.scans = 0
+        self._lock = asyncio.Lock()
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except Exception:
+                self.log.exception("Scanning this server's processes failed; trying again")
+            await asyncio.sleep(self.interval)
+
+    async def sample(self, fresh: float = 0.0) -> None:
+        """Scan now, unless a scan ended less than ``fresh`` seconds ago."""
+        async with self._lock:
+            if fresh and time.monotonic() - self.last_scan < fresh:
+                return
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, self._scan)
+            self._apply(result)
+
+    def _scan(self) -> ScanResult:
+        result = self.scanner.scan()
+        if self.gpus is not None and self.gpus.handles:
+            used = self.gpus.utilisation()
+            for sample in result.samples.values():
+                sample.gpu = used.get(sample.pid)
+        return result
+
+    def _apply(self, result: ScanResult) -> None:
+        self.scans += 1
+        self.last_scan = time.monotonic()
+        owners = self.owners()
+        stopping = self.stopping()
+        for key, sample in result.samples.items():
+            tracked = self.tracked.get(key)
+            if tracked is None:
+                command = result.commands.get(key, "?")
+                self.tracked[key] = tracked = Tracked(sample.pid, command, sample)
+                if sample.pid not in owners:
+                    # a job seen for the first time has no interval yet: take its life so far,
+                    # so one that started just before a decision is not missed. A kernel's or
+                    # terminal's own process starting up is not work: it is measured from now.
+                    created = key[1]
+                    lifetime = max(0.1, time.time() - created) if created else None
+                    sample.cpu = 100 * sample.cpu_time / lifetime if lifetime else None
+            else:
+                elapsed = sample.at - tracked.last.at
+                if elapsed < self.min_window:
+                    continue  # measured a moment ago
+                sample.cpu = 100 * max(0.0, sample.cpu_time - tracked.last.cpu_time) / elapsed
+                tracked.window_start = tracked.last.at
+                tracked.last = sample
+            own = owners.get(sample.pid)
+            if own is not None and own[1] not in stopping:
+                tracked.was_own_process = True
+            elif tracked.was_own_process or own is not None:
+                tracked.retired = True
+            tracked.owner = _owner(sample.pid, result.parents, owners)
+            self._update(key, tracked)
+        for key in set(self.tracked) - set(result.samples):
+            tracked = self.tracked.pop(key)
+            if tracked.working:
+                self._stopped(key, tracked, "ended")
+            self.tracker.remove("process", _record_id(key))
+
+    def _explained(self, tracked: Tracked) -> bool:
+        """A kernel's own process executed a cell during the window: its CPU was the cell's."""
+        if not tracked.was_own_process or tracked.owner is None or tracked.owner[0] != "kernel":
+            return False
+        record = self.tracker.records.get(tracked.owner)
+        if record is None:
+            return False
+        if record.busy_since is not None:
+            return True
+        # the clocks differ (the tracker's is a seam for tests): compare how long ago
+        ended_ago = self.tracker.clock() - record.idle_since if record.idle_since else None
+        window = time.monotonic() - tracked.window_start
+        return ended_ago is not None and ended_ago <= window
+
+    def _update(self, key: tuple[int, float], tracked: Tracked) -> None:
+        sample = tracked.last
+        cpu, gpu = sample.cpu or 0.0, sample.gpu or 0.0
+        if self._explained(tracked):
+            cpu = 0.0
+        cpu_on = self.cpu_threshold > 0 and cpu >= self.cpu_threshold
+        gpu_on = self.gpu_threshold > 0 and gpu >= self.gpu_threshold
+        # hysteresis: a working process goes on working until it falls below half a threshold
+        cpu_held = self.cpu_threshold > 0 and cpu >= self.cpu_threshold / 2
+        gpu_held = self.gpu_threshold > 0 and gpu >= self.gpu_threshold / 2
+        working = not tracked.retired and (
+            cpu_on or gpu_on or (tracked.working and (cpu_held or gpu_held))
+        )
+        detail = describe_use(cpu, sample.gpu)
+        record_id = _record_id(key)
+        if working and not tracked.working:
+            tracked.working = True
+            self.tracker.set_busy("process", record_id, True, name=tracked.command)
+            self.log.info(
+                "Process %d `%s` is working (%s)%s: the server is not idle.",
+                tracked.pid,
+                tracked.command,
+                detail,
+                f", for {tracked.owner[0]} {tracked.owner[1][:8]}" if tracked.owner else "",
+            )
+        elif not working and tracked.working:
+            self._stopped(key, tracked, "stopped working")
+        record = self.tracker.records.get(("process", record_id))
+        if record is not None:
+            record.detail = detail
+        self._set_owner_computing(tracked)
+
+    def _stopped(self, key: tuple[int, float], tracked: Tracked, how: str) -> None:
+        tracked.working = False
+        self.tracker.set_busy("process", _record_id(key), False, name=tracked.command)
+        self.log.info("Process %d `%s` %s.", tracked.pid, tracked.command, how)
+        self._set_owner_computing(tracked)
+
+    def _set_owner_computing(self, tracked: Tracked) -> None:
+        if tracked.owner is None:
+            return
+        working = [t for t in self.tracked.values() if t.working and t.owner == tracked.owner]
+        self.tracker.set_computing(*tracked.owner, working[0].command if working else None)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def working(self) -> list[Tracked]:
+        return [t for t in self.tracked.values() if t.working]
+
+    def close(self) -> None:
+        if self.gpus is not None:
+            self.gpus.close()
+
+
+def describe_use(cpu: float, gpu: float | None) -> str:
+    text = f"{round(cpu)} % CPU"
+    if gpu:
+        text += f", {round(gpu)} % GPU"
+    return text
+
+
+def _record_id(key: tuple[int, float]) -> str:
+    return f"{key[0]}@{key[1]:.2f}"
+
+
+def _owner(
+    pid: int, parents: dict[int, int], owners: dict[int, tuple[str, str]]
+) -> tuple[str, str] | None:
+    """The kernel or terminal whose process this is or which started it, if any."""
+    seen = 0
+    while pid and seen < 64:
+        owner = owners.get(pid)
+        if owner is not None:
+            return owner
+        pid = parents.get(pid, 0)
+        seen += 1
+    return None
