@@ -7,6 +7,7 @@ so the rules can be tested in a table without servers, kernels or sleeps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # how long a dead kernel stays listed before it is removed: a client that started it (a kernel
 # that failed to start, say) can still read its model and tell the user why it is gone
@@ -44,7 +45,8 @@ class KernelState:
     name: str
     last_activity: float
     busy_since: float | None = None
-    connections: int = 0
+    # open websocket connections; None when they cannot be known (counted as connected)
+    connections: int | None = 0
     # when its process was first seen dead, or None while it lives
     dead_since: float | None = None
     # the kernelspec's metadata.cull_idle_timeout, when it has one
@@ -67,6 +69,8 @@ class TerminalState:
     # since when a program running in it works, and which
     computing_since: float | None = None
     computing: str | None = None
+    # False when its input and output cannot be seen: then it is never culled
+    seen: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,16 +109,40 @@ class Decision:
     """One decision about one thing, with the reason a person can read and the deadline it hangs on.
 
     ``action`` is "keep", "cull" (stop an idle kernel or terminal), "remove" (a dead kernel),
-    "warn" (the server will shut down soon) or "shutdown".
+    "warn" (the server will shut down soon) or "shutdown". The reason is formatted only when
+    someone reads it, and can be read later than the decision was made: ``reason_at(now)`` counts
+    its durations ("idle 12 s") to ``now`` from the times in ``clocks``.
     """
 
     kind: str
     id: str
     action: str
-    reason: str
+    # a str.format template: positional fields from ``args``, named ones from ``clocks``
+    # ({idle} is "12 s" of idle time) and {left} (the time to the deadline)
+    template: str
+    now: float
     deadline: float | None = None
-    idle: float = 0.0
     rule: str = ""
+    args: tuple[Any, ...] = ()
+    clocks: tuple[tuple[str, float], ...] = ()
+
+    def reason_at(self, now: float) -> str:
+        values = {name: _seconds(max(0.0, now - since)) for name, since in self.clocks}
+        if self.deadline is not None:
+            values["left"] = _seconds(max(0.0, self.deadline - now))
+        return self.template.format(*self.args, **values)
+
+    @property
+    def reason(self) -> str:
+        return self.reason_at(self.now)
+
+    @property
+    def idle(self) -> float:
+        """Seconds idle when decided (0 for something working)."""
+        for name, since in self.clocks:
+            if name == "idle":
+                return max(0.0, self.now - since)
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,8 @@ class Plan:
     # when the server will shut down (monotonic), or None while something keeps it
     shutdown_at: float | None = None
     warn_at: float | None = None
+    # the last activity to report to the Hub (now while something works)
+    reported_activity: float = 0.0
 
 
 def _seconds(value: float) -> str:
@@ -143,122 +173,105 @@ def kernel_timeout(kernel: KernelState, config: PolicyConfig) -> tuple[float, st
 
 def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Decision:
     """Cull, remove or keep one kernel."""
+    kid = kernel.id
     if kernel.dead_since is not None:
         removal = kernel.dead_since + DEAD_KERNEL_GRACE
         if now >= removal:
-            return Decision(
-                "kernel", kernel.id, "remove", "kernel process is dead", removal, rule="dead"
-            )
+            return Decision("kernel", kid, "remove", "kernel process is dead", now, removal, "dead")
         return Decision(
-            "kernel",
-            kernel.id,
-            "keep",
-            f"kernel process is dead; removed in {_seconds(removal - now)}",
-            deadline=removal,
+            "kernel", kid, "keep", "kernel process is dead; removed in {left}", now, removal
         )
     timeout, option = kernel_timeout(kernel, config)
-    idle = max(0.0, now - kernel.last_activity)
+    idle = (("idle", kernel.last_activity),)
     if timeout <= 0:
-        return Decision("kernel", kernel.id, "keep", f"{option} is 0: never culled", idle=idle)
-    if kernel.connections and not config.cull_connected:
         return Decision(
-            "kernel",
-            kernel.id,
-            "keep",
-            f"{kernel.connections} connection(s) open and cull_connected is off",
-            idle=idle,
+            "kernel", kid, "keep", "{0} is 0: never culled", now, args=(option,), clocks=idle
+        )
+    if not config.cull_connected and kernel.connections != 0:
+        # unknown connections (None) count as connected: never cull more than asked
+        if kernel.connections is None:
+            template = "connections unknown and cull_connected is off"
+        else:
+            template = "{0} connection(s) open and cull_connected is off"
+        return Decision(
+            "kernel", kid, "keep", template, now, args=(kernel.connections,), clocks=idle
         )
     deadline = kernel.last_activity + timeout
     past_cap = ""
+    clocks: tuple[tuple[str, float], ...] = idle
     # executing a cell, or computing outside one (a thread, a process it started)
     busy_since, busy = kernel.busy_since, "busy"
     if busy_since is None and kernel.computing_since is not None:
         busy_since, busy = kernel.computing_since, f"computing ({kernel.computing})"
     if busy_since is not None and not config.cull_busy:
-        busy_for = now - busy_since
         cap = config.max_busy_time
-        if cap <= 0 or busy_for < cap:
+        if cap <= 0 or now - busy_since < cap:
             # a busy kernel is working, however silent; only the cap can end that
             return Decision(
                 "kernel",
-                kernel.id,
+                kid,
                 "keep",
-                f"{busy} for {_seconds(busy_for)}",
-                deadline=busy_since + cap if cap > 0 else None,
-                idle=0.0,
+                "{0} for {busy}",
+                now,
+                busy_since + cap if cap > 0 else None,
+                args=(busy,),
+                clocks=(("busy", busy_since),),
             )
         deadline = max(deadline, busy_since + cap)
-        past_cap = f"{busy} {_seconds(busy_for)} >= max_busy_time {_seconds(cap)}, "
+        past_cap = "{2} {busy} >= max_busy_time {3}, "
+        clocks = (*idle, ("busy", busy_since))
+    args = (option, _seconds(timeout), busy, _seconds(config.max_busy_time))
     if now >= deadline:
-        return Decision(
-            "kernel",
-            kernel.id,
-            "cull",
-            f"{past_cap}idle {_seconds(idle)} >= {option} {_seconds(timeout)}",
-            deadline=deadline,
-            idle=idle,
-            rule="max_busy_time" if past_cap else option,
-        )
-    return Decision(
-        "kernel",
-        kernel.id,
-        "keep",
-        f"{past_cap}idle {_seconds(idle)} of {option} {_seconds(timeout)}",
-        deadline=deadline,
-        idle=idle,
-    )
+        rule = "max_busy_time" if past_cap else option
+        template = past_cap + "idle {idle} >= {0} {1}"
+        return Decision("kernel", kid, "cull", template, now, deadline, rule, args, clocks)
+    template = past_cap + "idle {idle} of {0} {1}"
+    return Decision("kernel", kid, "keep", template, now, deadline, "", args, clocks)
 
 
 def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -> Decision:
     """Cull or keep one terminal."""
+    name = terminal.name
     timeout = config.terminal_timeout
     option = (
-        "terminal_idle_timeout"
-        if config.terminal_idle_timeout is not None
-        else ("cull_idle_timeout")
+        "terminal_idle_timeout" if config.terminal_idle_timeout is not None else "cull_idle_timeout"
     )
-    idle = max(0.0, now - terminal.last_activity)
+    idle = (("idle", terminal.last_activity),)
+    args = (option, _seconds(timeout), terminal.computing)
     if timeout <= 0:
         return Decision(
-            "terminal", terminal.name, "keep", f"{option} is 0: never culled", idle=idle
+            "terminal", name, "keep", "{0} is 0: never culled", now, args=args, clocks=idle
         )
+    if not terminal.seen:
+        return Decision("terminal", name, "keep", "its activity cannot be seen: never culled", now)
     deadline = terminal.last_activity + timeout
     if terminal.computing_since is not None:
-        busy_for = now - terminal.computing_since
         cap = config.max_busy_time
-        if cap <= 0 or busy_for < cap:
+        if cap <= 0 or now - terminal.computing_since < cap:
             # a silent program in it works (culling would kill it)
             return Decision(
                 "terminal",
-                terminal.name,
+                name,
                 "keep",
-                f"running {terminal.computing} for {_seconds(busy_for)}",
-                deadline=terminal.computing_since + cap if cap > 0 else None,
-                idle=0.0,
+                "running {2} for {busy}",
+                now,
+                terminal.computing_since + cap if cap > 0 else None,
+                args=args,
+                clocks=(("busy", terminal.computing_since),),
             )
         deadline = max(deadline, terminal.computing_since + cap)
     if now >= deadline:
         return Decision(
-            "terminal",
-            terminal.name,
-            "cull",
-            f"idle {_seconds(idle)} >= {option} {_seconds(timeout)}",
-            deadline=deadline,
-            idle=idle,
-            rule=option,
+            "terminal", name, "cull", "idle {idle} >= {0} {1}", now, deadline, option, args, idle
         )
     return Decision(
-        "terminal",
-        terminal.name,
-        "keep",
-        f"idle {_seconds(idle)} of {option} {_seconds(timeout)}",
-        deadline=deadline,
-        idle=idle,
+        "terminal", name, "keep", "idle {idle} of {0} {1}", now, deadline, "", args, idle
     )
 
 
-def _busy_reason(snapshot: Snapshot, config: PolicyConfig) -> str | None:
-    """Why the server is working right now, or None when nothing is."""
+def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float] | None:
+    """What keeps the server working right now, as (template, since), or None; the template's
+    {busy} is the time since then."""
     now = snapshot.now
     cap = config.max_busy_time
 
@@ -269,23 +282,21 @@ def _busy_reason(snapshot: Snapshot, config: PolicyConfig) -> str | None:
         if not kernel.alive:
             continue
         if kernel.busy_since is not None and not capped(kernel.busy_since):
-            return f"kernel {kernel.id} busy for {_seconds(now - kernel.busy_since)}"
+            return f"kernel {kernel.id} busy for {{busy}}", kernel.busy_since
         if kernel.computing_since is not None and not capped(kernel.computing_since):
-            return (
-                f"kernel {kernel.id} computing ({kernel.computing}) for "
-                f"{_seconds(now - kernel.computing_since)}"
-            )
+            what = f"kernel {kernel.id} computing ({kernel.computing})"
+            return what + " for {busy}", kernel.computing_since
     for source in snapshot.sources:
         if source.busy_since is None:
             continue
         # a process is capped like a kernel; another extension's source says when it is done
-        if source.kind == "process" and capped(source.busy_since):
-            continue
-        busy_for = _seconds(now - source.busy_since)
         if source.kind == "process":
+            if capped(source.busy_since):
+                continue
             pid = source.id.split("@")[0]
-            return f"process {pid} `{source.name}` at {source.detail} for {busy_for}"
-        return f"{source.name} busy for {busy_for}"
+            what = f"process {pid} `{source.name}` at {source.detail}"
+            return what + " for {busy}", source.busy_since
+        return f"{source.name} busy for {{busy}}", source.busy_since
     return None
 
 
@@ -293,7 +304,7 @@ def reported_activity(snapshot: Snapshot, config: PolicyConfig) -> float:
     """The last activity to tell the Hub: now while something works or a keep-alive is in force
     (so the Hub's own culler respects it too), else the last activity."""
     keepalive = snapshot.keepalive_until is not None and snapshot.keepalive_until > snapshot.now
-    if keepalive or _busy_reason(snapshot, config):
+    if keepalive or working(snapshot, config) is not None:
         return snapshot.now
     return snapshot.last_activity
 
@@ -301,60 +312,74 @@ def reported_activity(snapshot: Snapshot, config: PolicyConfig) -> float:
 def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
     """Shut the server down, warn that it will, or keep it, with the rule that decides."""
     now = snapshot.now
-    idle = max(0.0, now - snapshot.last_activity)
+    idle = (("idle", snapshot.last_activity),)
     last = f", last activity: {snapshot.last_source}" if snapshot.last_source else ""
+    busy = working(snapshot, config) if config.server_idle_timeout > 0 else None
+    # (deadline, rule, template when it fires)
     candidates: list[tuple[float, str, str]] = []
-    keep_reason = ""
     if config.max_server_age > 0:
-        age = now - snapshot.started
         candidates.append(
             (
                 snapshot.started + config.max_server_age,
                 "max_server_age",
-                f"age {_seconds(age)} >= max_server_age {_seconds(config.max_server_age)}",
+                "age {age} >= max_server_age {0}",
             )
         )
-    if config.server_idle_timeout > 0:
-        busy = _busy_reason(snapshot, config)
-        if busy is not None:
-            keep_reason = busy
-        else:
-            timeout = _seconds(config.server_idle_timeout)
-            deadline = snapshot.last_activity + config.server_idle_timeout
-            rule, reason = (
-                "server_idle_timeout",
-                f"idle {_seconds(idle)} >= server_idle_timeout {timeout}{last}",
+    if config.server_idle_timeout > 0 and busy is None:
+        deadline = snapshot.last_activity + config.server_idle_timeout
+        if snapshot.keepalive_until is not None and snapshot.keepalive_until > deadline:
+            candidates.append(
+                (
+                    snapshot.keepalive_until,
+                    "keepalive",
+                    "keep-alive ended, idle {idle} >= server_idle_timeout {1}",
+                )
             )
-            if snapshot.keepalive_until is not None and snapshot.keepalive_until > deadline:
-                deadline = snapshot.keepalive_until
-                rule = "keepalive"
-                reason = f"keep-alive ended, idle {_seconds(idle)} >= server_idle_timeout {timeout}"
-            candidates.append((deadline, rule, reason))
+        else:
+            candidates.append(
+                (deadline, "server_idle_timeout", "idle {idle} >= server_idle_timeout {1}{2}")
+            )
+    args: tuple[Any, ...] = (
+        _seconds(config.max_server_age),
+        _seconds(config.server_idle_timeout),
+        last,
+    )
+    clocks: tuple[tuple[str, float], ...] = (*idle, ("age", snapshot.started))
+    if busy is not None:
+        # braces in names (a process's command line) must not be read as fields
+        template, since = busy
+        keep = template.replace("{", "{{").replace("}", "}}").replace("{{busy}}", "{busy}")
+        clocks = (*clocks, ("busy", since))
+    elif config.server_idle_timeout <= 0:
+        keep = "server_idle_timeout is 0"
     else:
-        keep_reason = "server_idle_timeout is 0"
+        keep = ""
     if not candidates:
-        return Decision("server", "", "keep", keep_reason or "no shutdown rule is on", idle=idle)
-    deadline, rule, reason = min(candidates)
+        return Decision(
+            "server", "", "keep", keep or "no shutdown rule is on", now, args=args, clocks=clocks
+        )
+    deadline, rule, fired = min(candidates)
     if now >= deadline:
-        return Decision("server", "", "shutdown", reason, deadline=deadline, idle=idle, rule=rule)
+        return Decision("server", "", "shutdown", fired, now, deadline, rule, args, clocks)
     if config.shutdown_warning > 0 and now >= deadline - config.shutdown_warning:
         return Decision(
             "server",
             "",
             "warn",
-            f"shutting down in {_seconds(deadline - now)}: {rule}",
-            deadline=deadline,
-            idle=idle,
-            rule=rule,
+            "shutting down in {left}: " + rule,
+            now,
+            deadline,
+            rule,
+            args,
+            clocks,
         )
     if rule == "keepalive":
-        reason = f"keep-alive in force, idle {_seconds(idle)}"
+        template = "keep-alive in force, idle {idle}"
     elif rule == "server_idle_timeout":
-        timeout = _seconds(config.server_idle_timeout)
-        reason = f"idle {_seconds(idle)} of server_idle_timeout {timeout}{last}"
+        template = "idle {idle} of server_idle_timeout {1}{2}"
     else:
-        reason = (keep_reason + "; " if keep_reason else "") + "shuts down at max_server_age"
-    return Decision("server", "", "keep", reason, deadline=deadline, idle=idle, rule=rule)
+        template = (keep + "; " if keep else "") + "shuts down at max_server_age"
+    return Decision("server", "", "keep", template, now, deadline, rule, args, clocks)
 
 
 def horizon(config: PolicyConfig, kernels: tuple[KernelState, ...] = ()) -> float:
@@ -389,4 +414,12 @@ def decide(snapshot: Snapshot, config: PolicyConfig) -> Plan:
             warn_at = server.deadline - config.shutdown_warning
             upcoming.append(warn_at)
     next_check = min([now + horizon(config, snapshot.kernels), *[u for u in upcoming if u > now]])
-    return Plan(kernels, terminals, server, next_check, shutdown_at, warn_at)
+    return Plan(
+        kernels,
+        terminals,
+        server,
+        next_check,
+        shutdown_at,
+        warn_at,
+        reported_activity(snapshot, config),
+    )

@@ -128,6 +128,10 @@ KERNELS = [
          100, "cull", 100, IDLE, (">= cull_idle_timeout",)),
     case("connected-kept-if-cull_connected-off", {"cull_connected": False}, {"connections": 2},
          NEVER, "keep", None, "", ("2 connection(s)", "cull_connected is off")),
+    case("unknown-connections-count-as-connected", {"cull_connected": False},
+         {"connections": None}, NEVER, "keep", None, "", ("connections unknown",)),
+    case("unknown-connections-culled-if-cull_connected", {"cull_connected": True},
+         {"connections": None}, 100, "cull", 100, IDLE, (">= cull_idle_timeout",)),
     case("unconnected-culled-if-cull_connected-off", {"cull_connected": False}, {},
          100, "cull", 100, IDLE, (">= cull_idle_timeout",)),
     case("busy-kept-no-deadline-without-cap", {}, {"busy": 0},
@@ -247,6 +251,28 @@ def test_a_terminal_whose_program_works_is_kept_until_the_cap() -> None:
     done = TerminalState("1", T0 + 300)  # its program ended at 300: idle from then
     assert decide_terminal(done, c, T0 + 359).action == "keep"
     assert decide_terminal(done, c, T0 + 360).action == "cull"
+
+
+def test_a_reason_read_later_counts_to_then() -> None:
+    """The status between two checks shows the loop's decisions with durations up to date."""
+    d = decide_kernel(kernel(last=0), config(), T0 + 40)
+    assert d.reason == "idle 40 s of cull_idle_timeout 100 s"
+    assert d.reason_at(T0 + 70) == "idle 70 s of cull_idle_timeout 100 s"
+    s = decide_server(snapshot(40, last_source="notes.md saved"), config(**IDLE_600))
+    assert s.reason_at(T0 + 100) == (
+        "idle 100 s of server_idle_timeout 600 s, last activity: notes.md saved"
+    )
+    w = decide_server(snapshot(560), config(**IDLE_600, shutdown_warning=60))
+    assert (w.reason, w.reason_at(T0 + 590)) == (
+        "shutting down in 40 s: server_idle_timeout",
+        "shutting down in 10 s: server_idle_timeout",
+    )
+
+
+def test_braces_in_a_command_line_are_not_format_fields() -> None:
+    odd = SourceState("process", "7@1.00", "python -c print({1}{x})", T0, at(0), "50 % CPU")
+    d = decide_server(snapshot(30, sources=(odd,)), config(**IDLE_600))
+    assert d.reason == "process 7 `python -c print({1}{x})` at 50 % CPU for 30 s"
 
 
 def process(busy: float | None, cpu: str = "97 % CPU") -> SourceState:
