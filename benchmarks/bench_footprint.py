@@ -77,9 +77,9 @@ def _start_once(ctx: Context, name: str, extension: bool) -> tuple[float, float]
             time.sleep(0.01)
         elapsed = time.monotonic() - server.started
         rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
-        if extension and "jupyter_idle_ext: culling" not in server.log():
+        if extension and "culling kernels idle for" not in server.log():
             time.sleep(0.5)  # the start-up line is written as the loop starts; give it a moment
-            if "jupyter_idle_ext: culling" not in server.log():
+            if "culling kernels idle for" not in server.log():
                 raise RuntimeError("the extension did not start:\n" + server.log()[-2000:])
         return elapsed, rss
     finally:
@@ -308,10 +308,14 @@ def _simulated_loop(ctx: Context, count: int, reps: int) -> dict[str, list[float
     finally:
         loop.close()
     assert len(km.list_kernel_ids()) == count
+    # the status document from the loop's last check, as GET api/idle builds it
+    assert culler.snapshot is not None and culler.plan is not None
     status_times = _timed(
         lambda: build_status(
             tracker=tracker,
-            snapshot=culler.take_snapshot(),
+            snapshot=culler.snapshot,
+            plan=culler.plan,
+            now=tracker.clock(),
             config=config,
             reporter=None,
             hub_note="",

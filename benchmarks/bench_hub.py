@@ -497,9 +497,8 @@ async def _ours(
             server_name="",
         ),
         tracker=tracker,
-        # what the extension passes is the policy's view; for a source with no kernels and no
-        # busy period that is the tracker's last activity
-        last_activity=lambda: tracker.last_activity,
+        # for a source with no kernels and no busy period the check loop's reported activity is
+        # the tracker's last activity, which is the reporter's default
         interval=config["interval"],
         log=log,
     )

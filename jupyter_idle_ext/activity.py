@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from jupyter_core.utils import ensure_async
 
+from .compat import Capabilities, guard_iopub_watcher, kernel_connections, pty_read_hook
 from .policy import KernelState, Snapshot, SourceState, TerminalState
 
 Clock = Callable[[], float]
@@ -83,6 +84,8 @@ class ActivityTracker:
         self.keepalive_until: float | None = None
         # the source of the server's last activity, to name it in reasons
         self.last_record: Record | None = None
+        # moves on every change, so a reader knows whether the loop's last plan saw it
+        self.generation = 0
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -92,6 +95,7 @@ class ActivityTracker:
         if record is None:
             record = Record(kind, id, name or id, self.clock())
             self.records[key] = record
+            self.generation += 1
             self.changed.set()
         return record
 
@@ -102,6 +106,7 @@ class ActivityTracker:
             self.changed.set()
         self.last_activity = max(self.last_activity, now)
         self.last_record = record
+        self.generation += 1
 
     def touch(self, kind: str, id: str, name: str | None = None, detail: str | None = None) -> None:
         """Record activity of a source now (``detail``: what it did, for people)."""
@@ -159,11 +164,13 @@ class ActivityTracker:
 
     def remove(self, kind: str, id: str) -> None:
         """Forget a source; its activity still counts for the server's last activity."""
-        self.records.pop((kind, id), None)
+        if self.records.pop((kind, id), None) is not None:
+            self.generation += 1
 
     def keep_alive(self, seconds: float) -> float:
         """Keep the server up for ``seconds`` from now (replacing any earlier keep-alive)."""
         self.keepalive_until = self.clock() + seconds
+        self.generation += 1
         self.changed.set()
         return self.keepalive_until
 
@@ -171,6 +178,7 @@ class ActivityTracker:
         """End the keep-alive; True when there was one in force."""
         active = self.keepalive_until is not None and self.keepalive_until > self.clock()
         self.keepalive_until = None
+        self.generation += 1
         self.changed.set()
         return active
 
@@ -192,16 +200,22 @@ class ActivityTracker:
 class KernelWatcher:
     """Follows the kernels of a MappingKernelManager into an ActivityTracker."""
 
-    def __init__(self, kernel_manager: Any, tracker: ActivityTracker, log: Any) -> None:
+    def __init__(
+        self,
+        kernel_manager: Any,
+        tracker: ActivityTracker,
+        log: Any,
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.km = kernel_manager
         self.tracker = tracker
         self.log = log
+        self.capabilities = capabilities or Capabilities(log)
+        self.connections = kernel_connections(kernel_manager, self.capabilities)
         self._attached: dict[str, Any] = {}
         # when each kernel's process was first seen dead
         self._dead_since: dict[str, float] = {}
-        # jupyter_server's IOPub watcher stops for good after one malformed message (pyzmq does
-        # not re-arm a stream whose callback raised), which would freeze the traits we follow:
-        # guard it on every (re)start of watching
+        # guard jupyter_server's IOPub watcher on every (re)start of watching
         original = getattr(kernel_manager, "start_watching_activity", None)
         self._original_start_watching = original
         if original is not None:
@@ -214,23 +228,10 @@ class KernelWatcher:
 
     def _guard_watcher(self, kernel_id: str) -> None:
         try:
-            stream = getattr(self.km.get_kernel(kernel_id), "_activity_stream", None)
+            kernel = self.km.get_kernel(kernel_id)
         except KeyError:
             return
-        callback = getattr(stream, "_recv_callback", None)
-        if stream is None or callback is None or getattr(callback, "_idle_ext_guarded", False):
-            return
-
-        def guarded(msg_list: Any) -> None:
-            try:
-                callback(msg_list)
-            except Exception as e:
-                self.log.debug(
-                    "Ignoring a malformed IOPub message from kernel %s: %s", kernel_id, e
-                )
-
-        guarded._idle_ext_guarded = True  # type: ignore[attr-defined]
-        stream.on_recv(guarded)
+        guard_iopub_watcher(kernel, kernel_id, self.log, self.capabilities)
 
     def sync(self) -> None:
         """Attach to new kernels and forget removed ones."""
@@ -324,7 +325,7 @@ class KernelWatcher:
 
     def states(self) -> tuple[KernelState, ...]:
         states = []
-        connections = getattr(self.km, "_kernel_connections", {})
+        connections = self.connections
         for kernel_id, (kernel, *_) in self._attached.items():
             record = self.tracker.records.get(("kernel", kernel_id))
             if record is None:
@@ -347,7 +348,7 @@ class KernelWatcher:
                     name=record.name,
                     last_activity=record.last_activity,
                     busy_since=record.busy_since,
-                    connections=int(connections.get(kernel_id, 0)),
+                    connections=connections(kernel_id),
                     dead_since=self._dead_since.get(kernel_id),
                     computing_since=record.computing_since,
                     computing=record.computing,
@@ -360,9 +361,19 @@ class KernelWatcher:
 class TerminalWatcher:
     """Follows jupyter_server_terminals' terminals at the pty into an ActivityTracker."""
 
-    def __init__(self, terminal_manager: Any, tracker: ActivityTracker) -> None:
+    def __init__(
+        self,
+        terminal_manager: Any,
+        tracker: ActivityTracker,
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.tm = terminal_manager
         self.tracker = tracker
+        capabilities = capabilities or Capabilities(None)
+        # without the hook nothing of a terminal is seen: it is never culled
+        self.seen = pty_read_hook(terminal_manager, capabilities)
+        if not self.seen:
+            return
         self._original_hook = terminal_manager.pre_pty_read_hook
 
         def pre_pty_read_hook(ptywclients: Any) -> None:
@@ -392,9 +403,8 @@ class TerminalWatcher:
             self.tracker.remove("terminal", name)
 
     def states(self) -> tuple[TerminalState, ...]:
-        self.sync()
         return tuple(
-            TerminalState(r.id, r.last_activity, r.computing_since, r.computing)
+            TerminalState(r.id, r.last_activity, r.computing_since, r.computing, self.seen)
             for r in self.tracker.of_kind("terminal")
         )
 
@@ -408,7 +418,8 @@ class TerminalWatcher:
         return found
 
     def close(self) -> None:
-        self.tm.pre_pty_read_hook = self._original_hook
+        if self.seen:
+            self.tm.pre_pty_read_hook = self._original_hook
 
 
 def snapshot(

@@ -1,11 +1,18 @@
-"""The server extension: start-up and the wiring of activity, policy, actions and surfaces."""
+"""The server extension: its life cycle, and the wiring of activity, policy, actions and surfaces.
+
+Link reads and checks the options (options.py); load marks the environment for the process
+source and adds the handlers; start follows kernels, terminals and the other sources, and starts
+the check loop and the Hub reporter; stop undoes all of it. A failure at any stage stops the
+server with a CRITICAL line (jupyter_server would log a warning and run on without us, which for
+an idle culler means paying for idle servers), unless ``fail_open`` says to run on without culling.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
+from collections.abc import Iterator
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -13,23 +20,26 @@ from tornado import web
 from traitlets import TraitError
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher
-from .collaboration import collaboration_watcher
+from .compat import Capabilities, has_start_hook, silence_singleuser_reporter
 from .culler import IdleCuller
-from .documents import DocumentWatcher
 from .events import emit_event, register_schema
 from .handlers import default_handlers
-from .hub import HubEnvironment, HubReporter, silence_singleuser_reporter
-from .metrics import IDLE_SECONDS, KEEPALIVES, SECONDS_TO_SHUTDOWN
+from .hub import HubEnvironment, HubReporter
+from .keepalive import Keepalive
+from .metrics import IDLE_SECONDS, SECONDS_TO_SHUTDOWN
 from .options import IdleOptions
-from .processes import ENV_MARKER, ProcessWatcher, load_nvml, mark_environment
-from .proxy import ProxyWatcher, proxy_watcher
+from .processes import ENV_MARKER, mark_environment
+from .shutdown import exit_promptly, exit_with, stop_server
+from .sources import Sources, start_sources
 from .status import build_status
 
 SETTINGS_KEY = "jupyter_idle_ext_tracker"
+KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 
 
 class IdleExtension(IdleOptions, ExtensionApp):
-    """Culls idle kernels and terminals and stops an idle server, judging by execution activity."""
+    """Culls idle kernels and terminals and stops an idle server, judging by what the user does
+    and what the user's code is doing."""
 
     name = "jupyter_idle_ext"
     description = __doc__
@@ -40,32 +50,79 @@ class IdleExtension(IdleOptions, ExtensionApp):
         # set here, not at load or start, so that every life-cycle hook works whatever stage
         # the extension reached (jupyter_server stops extensions that were only linked when a
         # later start-up step fails)
-        self.hub: HubEnvironment | None = None
         self.tracker = ActivityTracker()
+        self.capabilities = Capabilities(self.log)
+        self.hub: HubEnvironment | None = None
         self.culler: IdleCuller | None = None
         self.reporter: HubReporter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        # activity sources besides kernels and terminals; each has close()
-        self.sources: list[Any] = []
-        self.proxy: ProxyWatcher | None = None
-        self.processes: ProcessWatcher | None = None
+        self.keepalive: Keepalive | None = None
+        self.sources = Sources()
         self.marker: str | None = None
+        # why the extension is not running, when it failed and fail_open kept the server up
+        self.failed: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
-        # jupyter_server logs a failing extension and runs on without it; for an idle culler that
-        # means silently paying for idle servers, so a bad option stops the server instead.
+    # -- failing closed ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _fatal(self, stage: str, server_log: Any = None) -> Iterator[None]:
+        # at link our own logger is not set up yet: the server's then, which must name us
+        log = server_log or self.log
+        us = "jupyter_idle_ext: " if server_log is not None else ""
         try:
-            super()._link_jupyter_server_extension(serverapp)
-            self.policy = self.policy_config()
+            yield
+        except SystemExit:
+            raise
         except TraitError as e:
-            serverapp.log.critical("jupyter_idle_ext: invalid configuration: %s", e)
-            raise SystemExit(1) from e
-        self.hub = HubEnvironment.from_environ() if self.hub_activity_interval > 0 else None
-        if self.hub is not None:
-            # before jupyterhub-singleuser's reporter makes its first post at start-up
-            silence_singleuser_reporter(serverapp, self.log)
+            self._give_up(stage, f"{us}invalid configuration: {e}", log, exc_info=False)
+        except Exception as e:
+            self._give_up(stage, f"{us}could not {stage}: {type(e).__name__}: {e}", log)
+
+    def _give_up(self, stage: str, why: str, log: Any, exc_info: bool = True) -> None:
+        """One CRITICAL line: what failed, and what happens now."""
+        self.failed = why
+        if self.fail_open:
+            log.critical(
+                "%s. Running WITHOUT idle culling or idle shutdown: IdleExtension.fail_open is on.",
+                why,
+                exc_info=exc_info,
+            )
+            return
+        log.critical(
+            "%s. Stopping the server: an idle culler that silently does not run costs money "
+            "(IdleExtension.fail_open = True runs on without it).",
+            why,
+            exc_info=exc_info,
+        )
+        if stage != "start":
+            raise SystemExit(1)
+        # inside the running server: stop it properly, then exit with 1
+        assert self.serverapp is not None
+        exit_with(1, log)
+        exit_promptly(asyncio.get_running_loop(), self.shutdown_grace, log, code=1)
+        self.serverapp.stop()
 
     # -- life cycle --------------------------------------------------------------------------
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        with self._fatal("link", serverapp.log):
+            super()._link_jupyter_server_extension(serverapp)
+            self.policy = self.policy_config()
+            self.hub = HubEnvironment.from_environ() if self.hub_activity_interval > 0 else None
+            if self.hub is not None:
+                # before jupyterhub-singleuser's reporter makes its first post at start-up
+                silence_singleuser_reporter(serverapp, self.log, self.capabilities)
+
+    def initialize(self, argv: Any = None) -> None:
+        # the load stage: jupyter_server's _load_jupyter_server_extension calls this
+        if self.failed:
+            return
+        with self._fatal("load"):
+            super().initialize()
+            if not has_start_hook():
+                # jupyter_server < 2.16 never calls the start hook: start once the loop runs
+                serverapp: Any = self.serverapp
+                serverapp.io_loop.add_callback(self._start_jupyter_server_extension, serverapp)
 
     def initialize_settings(self) -> None:
         self.settings[SETTINGS_KEY] = self.tracker
@@ -77,15 +134,37 @@ class IdleExtension(IdleOptions, ExtensionApp):
     def initialize_handlers(self) -> None:
         self.handlers.extend(default_handlers)
 
-    def emit(self, data: dict[str, Any]) -> None:
-        emit_event(self.serverapp, data, self.log)
-
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        if self.culler is not None:
-            return  # already started
+        if self.culler is not None or self.failed:
+            return  # started already, or failed
+        with self._fatal("start"):
+            self._start(serverapp)
+
+    def _start(self, serverapp: Any) -> None:
         terminal_manager = serverapp.web_app.settings.get("terminal_manager")
-        kernels = KernelWatcher(serverapp.kernel_manager, self.tracker, self.log)
-        terminals = TerminalWatcher(terminal_manager, self.tracker) if terminal_manager else None
+        kernels = KernelWatcher(serverapp.kernel_manager, self.tracker, self.log, self.capabilities)
+        terminals = (
+            TerminalWatcher(terminal_manager, self.tracker, self.capabilities)
+            if terminal_manager
+            else None
+        )
+        self.sources = start_sources(
+            options=self,
+            serverapp=serverapp,
+            tracker=self.tracker,
+            kernels=kernels,
+            terminals=terminals,
+            marker=self.marker,
+            log=self.log,
+        )
+        if self.hub is not None:
+            silence_singleuser_reporter(serverapp, self.log, self.capabilities)
+            self.reporter = HubReporter(
+                hub=self.hub,
+                tracker=self.tracker,
+                interval=self.hub_activity_interval,
+                log=self.log,
+            )
         self.culler = culler = IdleCuller(
             tracker=self.tracker,
             config=self.policy,
@@ -93,170 +172,64 @@ class IdleExtension(IdleOptions, ExtensionApp):
             terminals=terminals,
             kernel_manager=serverapp.kernel_manager,
             terminal_manager=terminal_manager,
-            stop_server=self.stop_server,
+            stop_server=lambda reason: stop_server(serverapp, self.reporter, self.log),
             log=self.log,
             shutdown_grace=self.shutdown_grace,
             emit=self.emit,
         )
-        self._listen_for_kernels(serverapp)
-        self._start_sources(serverapp, kernels, terminals)
-        culler.processes = self.processes
-        if self.processes is not None:
-            self.processes.stopping = culler.stopping_ids
-        self.log.info("jupyter_idle_ext: %s", culler.describe())
-        self._tasks.append(asyncio.create_task(culler.run()))
-        IDLE_SECONDS.set_function(
-            lambda: max(0.0, self.tracker.clock() - culler.reported_activity())
+        culler.processes = self.sources.processes
+        if self.sources.processes is not None:
+            self.sources.processes.stopping = culler.stopping_ids
+        self.keepalive = Keepalive(
+            self.tracker,
+            cap=self.max_keepalive,
+            max_server_age=self.policy.max_server_age,
+            emit=self.emit,
+            log=self.log,
         )
+        event_logger = getattr(serverapp, "event_logger", None)
+        if event_logger is not None:
+            # look again as soon as a kernel starts, so its own timeout is checked on time
+            event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
+        IDLE_SECONDS.set_function(culler.idle_seconds)
         SECONDS_TO_SHUTDOWN.set_function(culler.seconds_to_shutdown)
-        if self.hub is not None:
-            silence_singleuser_reporter(serverapp, self.log)
-            self.reporter = HubReporter(
-                hub=self.hub,
-                tracker=self.tracker,
-                last_activity=culler.reported_activity,
-                interval=self.hub_activity_interval,
-                log=self.log,
-            )
+        self.log.info("%s", culler.describe())
+        self._tasks += [*self.sources.tasks, asyncio.create_task(culler.run())]
+        if self.reporter is not None:
+            self.reporter.last_activity = culler.reported_activity
             self._tasks.append(asyncio.create_task(self.reporter.run()))
 
-    def _start_sources(
-        self, serverapp: Any, kernels: KernelWatcher, terminals: TerminalWatcher | None
-    ) -> None:
-        """Documents, collaborative edits, proxied apps and processes, each where it exists."""
-        counted = ["kernels", "terminals", "document writes"]
-        event_logger = getattr(serverapp, "event_logger", None)
-        self.sources.append(DocumentWatcher(serverapp.contents_manager, event_logger, self.tracker))
-        collaboration = collaboration_watcher(serverapp.web_app, self.tracker)
-        if collaboration is not None:
-            self.sources.append(collaboration)
-            counted.append("collaborative edits")
-        self.proxy = proxy_watcher(
-            serverapp.web_app, self.tracker, self.proxy_keepalive_patterns, self.log
-        )
-        if self.proxy is not None:
-            self.sources.append(self.proxy)
-            apps = ", ".join(self.proxy.apps()) or "ports"
-            with_keepalives = ", ".join(sorted(self.proxy.keepalives)) or "none"
-            counted.append(
-                f"input to apps behind jupyter-server-proxy ({apps}; client keep-alives "
-                f"ignored for {with_keepalives})"
-            )
-        if self.marker is not None:
+    async def _on_kernel_action(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+        self.tracker.changed.set()
 
-            def owners() -> dict[int, tuple[str, str]]:
-                return {**kernels.pids(), **(terminals.pids() if terminals else {})}
+    def emit(self, data: dict[str, Any]) -> None:
+        emit_event(self.serverapp, data, self.log)
 
-            self.processes = ProcessWatcher(
-                tracker=self.tracker,
-                marker=self.marker,
-                interval=self.process_check_interval,
-                cpu_threshold=self.process_cpu_threshold,
-                gpu_threshold=self.gpu_utilization_threshold,
-                owners=owners,
-                log=self.log,
-                nvml=load_nvml() if self.gpu_utilization_threshold > 0 else None,
-            )
-            self.sources.append(self.processes)
-            self._tasks.append(asyncio.create_task(self.processes.run()))
-            use = []
-            if self.process_cpu_threshold > 0:
-                use.append(f"CPU >= {self.process_cpu_threshold:g} % of a core")
-            if self.processes.gpus is not None and self.processes.gpus.handles:
-                use.append(f"GPU >= {self.gpu_utilization_threshold:g} %")
-            counted.append(
-                f"work of this server's processes ({', '.join(use) or 'no measure on'}, "
-                f"checked every {self.process_check_interval:g} s)"
-            )
-        self.log.info("Counting as activity: %s.", "; ".join(counted))
-
-    # -- surfaces ----------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        """The status document of GET api/idle."""
-        if self.culler is None:
+    async def status(self) -> dict[str, Any]:
+        """The status document of GET api/idle, from the loop's latest check."""
+        if self.failed:
+            raise web.HTTPError(503, f"jupyter_idle_ext is not running ({self.failed})")
+        current = await self.culler.current() if self.culler is not None else None
+        if current is None:
             raise web.HTTPError(503, "jupyter_idle_ext is starting")
+        snapshot, plan = current
         if self.reporter is not None:
-            note = "reporting execution activity to the Hub"
+            note = "reporting activity to the Hub"
         elif self.hub_activity_interval <= 0:
             note = "hub_activity_interval is 0"
         else:
             note = "not running under JupyterHub"
         return build_status(
             tracker=self.tracker,
-            snapshot=self.culler.take_snapshot(),
+            snapshot=snapshot,
+            plan=plan,
+            now=self.tracker.clock(),
             config=self.policy,
             reporter=self.reporter,
             hub_note=note,
             keepalive_cap=self.max_keepalive,
+            lost=self.capabilities.lost,
         )
-
-    def grant_keepalive(self, seconds: float) -> dict[str, Any]:
-        until = self.tracker.isoformat(self.tracker.keep_alive(seconds))
-        self.log.warning(
-            "Keep-alive granted: no idle shutdown before %s (%g s)%s.",
-            until,
-            seconds,
-            "; max_server_age still applies" if self.policy.max_server_age > 0 else "",
-        )
-        KEEPALIVES.labels("granted").inc()
-        self.emit(
-            {
-                "action": "keepalive_granted",
-                "kind": "server",
-                "id": "",
-                "reason": f"a user asked for {seconds:g} s",
-                "rule": "keepalive",
-                "at": until,
-            }
-        )
-        return {"until": until, "seconds": seconds}
-
-    def cancel_keepalive(self) -> bool:
-        cancelled = self.tracker.cancel_keepalive()
-        if cancelled:
-            self.log.warning("Keep-alive cancelled.")
-            KEEPALIVES.labels("cancelled").inc()
-            self.emit(
-                {
-                    "action": "keepalive_cancelled",
-                    "kind": "server",
-                    "id": "",
-                    "reason": "a user cancelled it",
-                    "rule": "keepalive",
-                }
-            )
-        return cancelled
-
-    def _listen_for_kernels(self, serverapp: Any) -> None:
-        """Look again as soon as a kernel starts, so its own timeout is checked on time."""
-        event_logger = getattr(serverapp, "event_logger", None)
-        if event_logger is None:
-            return
-
-        async def on_kernel_action(logger: Any, schema_id: str, data: dict[str, Any]) -> None:
-            self.tracker.changed.set()
-
-        event_logger.add_listener(
-            schema_id="https://events.jupyter.org/jupyter_server/kernel_actions/v1",
-            listener=on_kernel_action,
-        )
-
-    async def stop_server(self, reason: str) -> None:
-        """Stop the whole server the way Ctrl-C would: kernels, terminals, extensions, loop.
-
-        Under a Hub that lets the server stop itself, ask the Hub first, so it records the stop
-        at once instead of at its next poll."""
-        assert self.serverapp is not None
-        if self.reporter is not None:
-            # the Hub stops us with a signal, which jupyter_server handles: that is the stop
-            await self.reporter.stop_server()
-        # from here a SIGTERM or Ctrl-C would only race the cleanup under way, or kill the
-        # process with -15 while it exits; the watchdog bounds the exit anyway
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
-                signal.signal(sig, signal.SIG_IGN)
-        self.serverapp.stop()
 
     async def stop_extension(self) -> None:
         # runs inside jupyter_server's cleanup, also for an extension that was never started:
@@ -269,18 +242,16 @@ class IdleExtension(IdleOptions, ExtensionApp):
         if self.marker is not None and os.environ.get(ENV_MARKER) == self.marker:
             # processes started from now on are no longer this server's
             del os.environ[ENV_MARKER]
-        proxy, self.proxy = self.proxy, None
-        if proxy is not None:
+        sources, self.sources = self.sources, Sources()
+        if sources.proxy is not None:
             # simpervisor stops them only on a signal, which an idle shutdown is not
             try:
-                await proxy.stop_apps()
+                await sources.proxy.stop_apps()
             except Exception:
                 self.log.exception("Error while stopping the proxied apps")
         closing = [self.culler] if self.culler is not None else []
-        closing += self.sources
-        self.sources = []
-        for part in closing:
+        for part in [*closing, *sources.all]:
             try:
                 part.close()
             except Exception:
-                self.log.exception("Error while stopping")
+                self.log.exception("Error while stopping %s", type(part).__name__)

@@ -16,7 +16,7 @@ from jupyter_core.utils import ensure_async
 
 from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
 from .metrics import KERNELS_CULLED, TERMINALS_CULLED
-from .policy import Decision, Plan, PolicyConfig, Snapshot, decide, reported_activity
+from .policy import Decision, Plan, PolicyConfig, Snapshot, decide
 from .processes import FRESH, ProcessWatcher
 from .shutdown import exit_promptly
 
@@ -72,6 +72,11 @@ class IdleCuller:
         self._warned: tuple[str, float] | None = None
         # culls under way, by (kind, id): a kernel slow to stop must not hold up the others
         self._culls: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # what the last check saw and decided, for every reader; set when it is published
+        self.snapshot: Snapshot | None = None
+        self.plan: Plan | None = None
+        self.generation = -1
+        self._published = asyncio.Event()
 
     def describe(self) -> str:
         """The effective policy in one line, for the start-up log."""
@@ -93,17 +98,18 @@ class IdleCuller:
 
     async def run(self) -> None:
         while True:
+            # cleared before the snapshot: a wake-up that arrives during the check (a kernel
+            # started meanwhile) makes the next check come at once instead of being lost
+            self.tracker.changed.clear()
             next_check = self.tracker.clock() + self.config.cull_interval
             try:
                 plan = await self.check()
                 next_check = plan.next_check
-            except Exception as e:
-                self.log.error("jupyter_idle_ext: check failed: %s", e)
-                self.log.debug("jupyter_idle_ext: check failed", exc_info=True)
+            except Exception:
+                self.log.exception("A check failed; the next one is at most cull_interval away")
             if self.stopping:
                 return
             delay = max(0.05, next_check - self.tracker.clock())
-            self.tracker.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.tracker.changed.wait(), delay)
 
@@ -112,13 +118,21 @@ class IdleCuller:
         return snapshot(self.tracker, self.kernels.states(), terminals)
 
     async def check(self) -> Plan:
-        """One check: snapshot, decide, act."""
+        """One check: snapshot, decide, act, and publish the snapshot and plan for the readers."""
         await self.kernels.refresh()
-        plan = decide(self.take_snapshot(), self.config)
+        if self.terminals is not None:
+            self.terminals.sync()
+        # what the snapshot includes: nothing can happen between these two lines
+        generation, snap = self.tracker.generation, self.take_snapshot()
+        plan = decide(snap, self.config)
         if self.processes is not None and _stops_something(plan):
             # a job that started since the last scan must not lose to the scan's phase
             await self.processes.sample(fresh=FRESH)
-            plan = decide(self.take_snapshot(), self.config)
+            generation, snap = self.tracker.generation, self.take_snapshot()
+            plan = decide(snap, self.config)
+        self.snapshot, self.plan, self.generation = snap, plan, generation
+        self._published.set()
+        self._published = asyncio.Event()
         for decision in plan.kernels:
             if decision.action in ("cull", "remove"):
                 self._start_cull(decision, self._act_on_kernel)
@@ -127,6 +141,23 @@ class IdleCuller:
                 self._start_cull(decision, self._cull_terminal)
         await self._act_on_server(plan.server)
         return plan
+
+    async def current(self, wait: float = 2.0) -> tuple[Snapshot, Plan] | None:
+        """The loop's latest snapshot and plan, after a check that saw everything recorded so
+        far: readers never decide themselves. None before the first check."""
+        if (
+            self.plan is not None
+            and self.snapshot is not None
+            and self.generation == self.tracker.generation
+        ):
+            return self.snapshot, self.plan  # nothing happened since: still the truth
+        published = self._published
+        self.tracker.changed.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(published.wait(), wait)
+        if self.plan is None or self.snapshot is None:
+            return None
+        return self.snapshot, self.plan
 
     def stopping_ids(self) -> set[str]:
         """Ids of the kernels and terminals being stopped right now."""
@@ -147,14 +178,30 @@ class IdleCuller:
         task.add_done_callback(done)
 
     def seconds_to_shutdown(self) -> float:
-        """Seconds until the server shuts down, or -1 while nothing will shut it down."""
-        snap = self.take_snapshot()
-        deadline = decide(snap, self.config).server.deadline
-        return -1.0 if deadline is None else max(0.0, deadline - snap.now)
+        """Seconds until the server shuts down, or -1 while nothing will: the last plan's
+        deadline, counted to now (for the metric, which cannot wait for a check)."""
+        if self.plan is None or self.plan.server.deadline is None:
+            return -1.0
+        return max(0.0, self.plan.server.deadline - self.tracker.clock())
 
-    def reported_activity(self) -> float:
-        """The server's last activity as the Hub should see it (now while a kernel works)."""
-        return reported_activity(self.take_snapshot(), self.config)
+    def idle_seconds(self) -> float:
+        """Seconds since the last activity as the Hub sees it (0 while something works)."""
+        if self.plan is None or self.snapshot is None:
+            return 0.0
+        reported = self.plan.reported_activity
+        if reported >= self.snapshot.now:
+            return 0.0  # working at the last check
+        return max(0.0, self.tracker.clock() - max(reported, self.tracker.last_activity))
+
+    async def reported_activity(self) -> float:
+        """The server's last activity as the Hub should see it (now while something works)."""
+        current = await self.current()
+        if current is None:
+            return self.tracker.last_activity
+        snap, plan = current
+        if plan.reported_activity >= snap.now:
+            return self.tracker.clock()  # working: "now" is now, not the check's now
+        return max(plan.reported_activity, self.tracker.last_activity)
 
     # -- kernels and terminals ---------------------------------------------------------------
 
@@ -165,7 +212,7 @@ class IdleCuller:
         except KeyError:
             return
         name = getattr(kernel, "kernel_name", "")
-        connections = getattr(self.km, "_kernel_connections", {}).get(kernel_id, 0)
+        connections = self.kernels.connections(kernel_id)
         if decision.action == "remove":
             self.log.warning("Removing dead kernel '%s' (%s).", name, kernel_id)
         else:

@@ -35,8 +35,8 @@ class StatusHandler(IdleHandler):
 
     @web.authenticated
     @authorized
-    def get(self) -> None:
-        self.finish(json.dumps(self.idle_app.status()))
+    async def get(self) -> None:
+        self.finish(json.dumps(await self.idle_app.status()))
 
 
 class KeepaliveHandler(IdleHandler):
@@ -63,6 +63,13 @@ class KeepaliveHandler(IdleHandler):
             self._refuse(400, '"seconds" must be a number of seconds > 0')
         return float(seconds)
 
+    @property
+    def keepalive(self) -> Any:
+        keepalive = self.idle_app.keepalive
+        if keepalive is None:
+            raise web.HTTPError(503, "jupyter_idle_ext is not running")
+        return keepalive
+
     @web.authenticated
     @authorized
     def post(self) -> None:
@@ -75,12 +82,12 @@ class KeepaliveHandler(IdleHandler):
                 400,
                 f"seconds must be at most {cap:g} (IdleExtension.max_keepalive); got {seconds:g}",
             )
-        self.finish(json.dumps({"keepalive": self.idle_app.grant_keepalive(seconds)}))
+        self.finish(json.dumps({"keepalive": self.keepalive.grant(seconds)}))
 
     @web.authenticated
     @authorized
     def delete(self) -> None:
-        self.finish(json.dumps({"cancelled": self.idle_app.cancel_keepalive()}))
+        self.finish(json.dumps({"cancelled": self.keepalive.cancel()}))
 
 
 default_handlers = [

@@ -73,8 +73,9 @@ def _describe_error(e: BaseException) -> str:
 class HubReporter:
     """Posts the server's last activity to the Hub every ``interval`` seconds, only when it moved.
 
-    ``last_activity`` returns the monotonic time of the last activity, or now while a kernel
-    works; it comes from the policy, so a kernel stuck past ``max_busy_time`` is not reported.
+    ``last_activity`` returns the monotonic time of the last activity, or now while something
+    works; it comes from the check loop's plan, so a kernel stuck past ``max_busy_time`` is not
+    reported.
     """
 
     def __init__(
@@ -82,14 +83,18 @@ class HubReporter:
         *,
         hub: HubEnvironment,
         tracker: ActivityTracker,
-        last_activity: Callable[[], float],
         interval: float,
         log: Any,
         http_client: AsyncHTTPClient | None = None,
     ) -> None:
         self.hub = hub
         self.tracker = tracker
-        self.last_activity = last_activity
+
+        async def recorded() -> float:
+            return tracker.last_activity
+
+        # the check loop's reported activity (now while something works), once it runs
+        self.last_activity: Callable[[], Awaitable[float]] = recorded
         self.interval = interval
         self.log = log
         self.http = http_client or AsyncHTTPClient()
@@ -109,7 +114,7 @@ class HubReporter:
 
     async def run(self) -> None:
         self.log.info(
-            "jupyter_idle_ext: reporting execution activity to the Hub every %g s (server %r)",
+            "Reporting activity to the Hub every %g s (server %r)",
             self.interval,
             self.hub.server_name,
         )
@@ -125,7 +130,7 @@ class HubReporter:
 
     async def report(self) -> bool:
         """Post the last activity if it moved since the last post; True when posted."""
-        when = self.last_activity()
+        when = await self.last_activity()
         if self.last_sent is not None and when <= self.last_sent:
             self.log.debug("No activity to report to the Hub since %s", self.last_report)
             return False
@@ -194,25 +199,3 @@ class HubReporter:
             return False
         self.log.info("Asked the Hub to stop this server (HTTP %s).", response.code)
         return True
-
-
-def silence_singleuser_reporter(serverapp: Any, log: Any) -> bool:
-    """Switch jupyterhub-singleuser's own activity reporter off; True when one was found.
-
-    It posts ``web_app.last_activity()``, which counts REST polling; since the Hub never moves a
-    timestamp back, one post of it would undo ours. Its loop reads ``hub_activity_interval`` when
-    it starts (0 makes it return), and a loop already running is cancelled.
-    """
-    found = False
-    for point in serverapp.extension_manager.extension_points.values():
-        app = getattr(point, "app", None)
-        if app is None or not hasattr(app, "keep_activity_updated"):
-            continue
-        found = True
-        app.hub_activity_interval = 0
-        task = getattr(app, "_activity_task", None)
-        if task is not None and not task.done():
-            task.cancel()
-    if found:
-        log.info("jupyter_idle_ext: switched off jupyterhub-singleuser's activity reporter")
-    return found

@@ -307,6 +307,13 @@ class IdleOptions(Configurable):
         "driver are there.",
         zero="never counts GPU work",
     )
+    fail_open = Flag(
+        False,
+        help="What to do when the extension fails while linking, loading or starting: off stops "
+        "the server with a CRITICAL line naming the failure (an idle culler that silently does "
+        "not run costs money); on logs the CRITICAL line and runs the server without idle "
+        "culling or idle shutdown.",
+    )
     proxy_keepalive_patterns = Patterns(
         DEFAULT_KEEPALIVES,
         help="What the clients of apps behind jupyter-server-proxy send by themselves, which is "

@@ -74,6 +74,9 @@ class Tracked:
     # it only winds down (a kernel shutting down uses CPU), and that is not work
     was_own_process: bool = False
     retired: bool = False
+    # started by the server process itself, not through a kernel, terminal or proxied app (an
+    # extension's helper: jupyter-lsp probing npm, say): the server's own work, not the user's
+    helper: bool = False
     # the monotonic time the current CPU share is measured from
     window_start: float = 0.0
 
@@ -225,7 +228,7 @@ class ProcessWatcher:
         self.interval = interval
         self.cpu_threshold = cpu_threshold
         self.gpu_threshold = gpu_threshold
-        # () -> {pid: (kind, id)} of the kernels' and terminals' own processes
+        # () -> {pid: (kind, id)} of the kernels', terminals' and proxied apps' own processes
         self.owners = owners
         # () -> ids of the kernels and terminals being stopped: their processes wind down
         self.stopping: Any = set
@@ -293,7 +296,9 @@ class ProcessWatcher:
                 tracked.was_own_process = True
             elif tracked.was_own_process or own is not None:
                 tracked.retired = True
-            tracked.owner = _owner(sample.pid, result.parents, owners)
+            tracked.owner, tracked.helper = _lineage(
+                sample.pid, result.parents, owners, self.scanner.own_pid
+            )
             self._update(key, tracked)
         for key in set(self.tracked) - set(result.samples):
             tracked = self.tracked.pop(key)
@@ -325,8 +330,10 @@ class ProcessWatcher:
         # hysteresis: a working process goes on working until it falls below half a threshold
         cpu_held = self.cpu_threshold > 0 and cpu >= self.cpu_threshold / 2
         gpu_held = self.gpu_threshold > 0 and gpu >= self.gpu_threshold / 2
-        working = not tracked.retired and (
-            cpu_on or gpu_on or (tracked.working and (cpu_held or gpu_held))
+        working = (
+            not tracked.retired
+            and not tracked.helper
+            and (cpu_on or gpu_on or (tracked.working and (cpu_held or gpu_held)))
         )
         detail = describe_use(cpu, sample.gpu)
         record_id = _record_id(key)
@@ -380,15 +387,19 @@ def _record_id(key: tuple[int, float]) -> str:
     return f"{key[0]}@{key[1]:.2f}"
 
 
-def _owner(
-    pid: int, parents: dict[int, int], owners: dict[int, tuple[str, str]]
-) -> tuple[str, str] | None:
-    """The kernel or terminal whose process this is or which started it, if any."""
+def _lineage(
+    pid: int, parents: dict[int, int], owners: dict[int, tuple[str, str]], server: int
+) -> tuple[tuple[str, str] | None, bool]:
+    """The kernel, terminal or app whose process this is or which started it, if any; and
+    whether the server process itself started it otherwise (a helper of the server's)."""
     seen = 0
     while pid and seen < 64:
         owner = owners.get(pid)
         if owner is not None:
-            return owner
+            return owner, False
+        if pid == server:
+            return None, True
         pid = parents.get(pid, 0)
         seen += 1
-    return None
+    # its parent is gone (nohup, setsid, tmux): a job
+    return None, False

@@ -166,8 +166,16 @@ class ProxyWatcher:
         }
         return sorted(names)
 
-    async def stop_apps(self) -> None:
-        """Stop the processes jupyter-server-proxy started: politely, then by force."""
+    def pids(self) -> dict[int, tuple[str, str]]:
+        """The process id of each app jupyter-server-proxy started and supervises."""
+        found = {}
+        for proc in self._processes():
+            pid = getattr(proc, "pid", None)
+            if isinstance(pid, int):
+                found[pid] = ("app", str(proc.name))
+        return found
+
+    def _processes(self) -> list[Any]:
         from jupyter_server_proxy.handlers import SuperviseAndProxyHandler
 
         procs = {}
@@ -177,7 +185,11 @@ class ProxyWatcher:
             # a string stands for a process jupyter-server-proxy does not manage
             if hasattr(proc, "terminate") and getattr(proc, "running", True):
                 procs[id(proc)] = proc
-        await asyncio.gather(*(self._stop(proc) for proc in procs.values()))
+        return list(procs.values())
+
+    async def stop_apps(self) -> None:
+        """Stop the processes jupyter-server-proxy started: politely, then by force."""
+        await asyncio.gather(*(self._stop(proc) for proc in self._processes()))
 
     async def _stop(self, proc: Any) -> None:
         self.log.info("Stopping proxied app %s (pid %s).", proc.name, proc.pid)

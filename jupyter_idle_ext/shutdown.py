@@ -12,8 +12,11 @@ exits a moment later.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -23,7 +26,23 @@ from typing import Any
 AFTER_STOP = 2.0
 
 
-def _flush_and_exit(log: Any, why: str) -> None:
+async def stop_server(serverapp: Any, reporter: Any, log: Any) -> None:
+    """Stop the whole server the way Ctrl-C would: kernels, terminals, extensions, loop.
+
+    Under a Hub that lets the server stop itself, ask the Hub first, so it records the stop at
+    once instead of at its next poll; the Hub then stops us with a signal, which jupyter_server
+    handles, and that is the stop."""
+    if reporter is not None:
+        await reporter.stop_server()
+    # from here a SIGTERM or Ctrl-C would only race the cleanup under way, or kill the process
+    # with -15 while it exits; exit_promptly bounds the exit anyway
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+            signal.signal(sig, signal.SIG_IGN)
+    serverapp.stop()
+
+
+def _flush_and_exit(log: Any, why: str, code: int = 0) -> None:
     held_by = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()]
     log.warning("Exiting: %s (still running: %s).", why, ", ".join(held_by) or "nothing")
     for handler in logging.getLogger().handlers + list(getattr(log, "handlers", [])):
@@ -36,22 +55,29 @@ def _flush_and_exit(log: Any, why: str) -> None:
             stream.flush()
         except Exception:
             continue
-    os._exit(0)
+    os._exit(code)
 
 
-def exit_promptly(loop: asyncio.AbstractEventLoop, grace: float, log: Any) -> None:
-    """Make sure the process exits 0: ``AFTER_STOP`` after the loop stops, or ``grace`` from now."""
+def exit_with(code: int, log: Any) -> None:
+    """Make the process's exit code ``code`` however it ends (a normal exit would be 0)."""
+    atexit.register(lambda: _flush_and_exit(log, f"exit code {code}", code))
+
+
+def exit_promptly(loop: asyncio.AbstractEventLoop, grace: float, log: Any, code: int = 0) -> None:
+    """Make sure the process exits with ``code``: ``AFTER_STOP`` after the loop stops, or
+    ``grace`` from now."""
 
     def watch() -> None:
         deadline = time.monotonic() + grace
         while loop.is_running():
             if time.monotonic() >= deadline:
-                _flush_and_exit(log, f"the stop did not finish within shutdown_grace ({grace:g} s)")
+                why = f"the stop did not finish within shutdown_grace ({grace:g} s)"
+                _flush_and_exit(log, why, code)
             time.sleep(0.1)
         stopped = time.monotonic()
         while time.monotonic() - stopped < AFTER_STOP:
             time.sleep(0.1)
-        _flush_and_exit(log, "the server stopped but the process did not end")
+        _flush_and_exit(log, "the server stopped but the process did not end", code)
 
     # a daemon thread: when the process ends by itself, as it usually does, this ends with it
     threading.Thread(target=watch, name="jupyter_idle_ext exit", daemon=True).start()

@@ -1,7 +1,9 @@
 """The status document: what the server, each kernel and terminal are doing and what will happen.
 
-Built from the same snapshot and decisions the check loop acts on, so it can never disagree with
-it; reading it changes nothing.
+Built from the snapshot and the plan of the check loop's latest check, which saw everything
+recorded before the request (the loop is woken for it when something happened since): the
+document shows the loop's own decisions, with durations counted to the moment it is read. Reading
+it decides nothing and changes nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from .activity import ActivityTracker
 from .hub import HubReporter
-from .policy import Plan, PolicyConfig, Snapshot, SourceState, decide, reported_activity
+from .policy import Plan, PolicyConfig, Snapshot, SourceState
 
 # SageMaker's /api/idle format, which platforms that poll it parse
 SAGEMAKER_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"
@@ -46,26 +48,26 @@ def build_status(
     *,
     tracker: ActivityTracker,
     snapshot: Snapshot,
+    plan: Plan,
+    now: float,
     config: PolicyConfig,
     reporter: HubReporter | None,
     hub_note: str,
     keepalive_cap: float,
-    plan: Plan | None = None,
+    lost: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    plan = plan or decide(snapshot, config)
-    now = snapshot.now
-
     def iso(monotonic: float | None) -> str | None:
         return None if monotonic is None else tracker.isoformat(monotonic)
 
-    active = reported_activity(snapshot, config)
+    # working at the check: the last activity is now; otherwise the check's own figure
+    active = now if plan.reported_activity >= snapshot.now else plan.reported_activity
     server = plan.server
     warning = None
     if server.action == "warn":
         warning = {
             "shutdown_at": iso(server.deadline),
             "rule": server.rule,
-            "reason": server.reason,
+            "reason": server.reason_at(now),
         }
     keepalive = None
     if snapshot.keepalive_until is not None and snapshot.keepalive_until > now:
@@ -91,7 +93,7 @@ def build_status(
                 else _round(now - state.busy_since),
                 "connections": state.connections,
                 "action": decision.action,
-                "reason": decision.reason,
+                "reason": decision.reason_at(now),
                 "cull_at": iso(decision.deadline) if decision.action == "keep" else None,
             }
         )
@@ -101,7 +103,7 @@ def build_status(
             "last_activity": iso(state.last_activity),
             "idle_seconds": _round(now - state.last_activity),
             "action": decision.action,
-            "reason": decision.reason,
+            "reason": decision.reason_at(now),
             "cull_at": iso(decision.deadline) if decision.action == "keep" else None,
         }
         for state, decision in zip(snapshot.terminals, plan.terminals)
@@ -140,7 +142,7 @@ def build_status(
         "server": {
             "action": server.action,
             "rule": server.rule or None,
-            "reason": server.reason,
+            "reason": server.reason_at(now),
             "shutdown_at": iso(server.deadline),
             "seconds_to_shutdown": None
             if server.deadline is None
@@ -154,4 +156,6 @@ def build_status(
         "sources": sources,
         "hub": hub,
         "policy": asdict(config),
+        # what cannot be seen in this server, and what follows from it
+        "capabilities_lost": lost or {},
     }

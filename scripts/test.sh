@@ -25,7 +25,11 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 # Inside .venv so it is already ignored by git, ruff and a `git clean` of the work tree.
 NODE_PREFIX="$VENV/node"
-CI="${CI:-false}"
+# one reading of $CI, as the tests' on_ci(): true, 1, yes or on
+case "$(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]')" in
+true | 1 | yes | on) CI=true ;;
+*) CI=false ;;
+esac
 START=$SECONDS
 
 step() { printf '\n==> [%ss] %s\n' "$((SECONDS - START))" "$*"; }

@@ -7,13 +7,12 @@ from ``apt-get install chromium`` is used. On CI a missing browser fails the tes
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from servers import ServerProcess
+from servers import ServerProcess, on_ci
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -27,7 +26,7 @@ CHROMIUM_ARGS = [
 
 
 def missing(problem: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if on_ci():
         pytest.fail(f"the browser test must run on CI: {problem}")
     pytest.skip(problem)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, Callable
 
 import pytest
+from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -77,6 +79,42 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+# -- kernels of the in-process server -------------------------------------------------------
+
+
+async def start_kernel(jp_fetch: Any, name: str = "python3") -> str:
+    r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
+    kernel_id = json.loads(r.body)["id"]
+    return str(kernel_id)
+
+
+async def kernel_exists(jp_fetch: Any, kernel_id: str) -> bool:
+    try:
+        await jp_fetch("api", "kernels", kernel_id, method="GET")
+        return True
+    except HTTPClientError as e:
+        assert e.code == 404
+        return False
+
+
+async def ready_client(app: Any, kernel_id: str) -> Any:
+    """A client talking ZMQ to the kernel directly, as `jupyter console` or VS Code do."""
+    kernel = app.serverapp.kernel_manager.get_kernel(kernel_id)
+    client = kernel.client()
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    return client
+
+
+async def run(client: Any, code: str, timeout: float = 60) -> None:
+    reply = await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: None)
+    assert reply["content"]["status"] == "ok", reply["content"]
+
+
+async def _gone(jp_fetch: Any, kernel_id: str) -> bool:
+    return not await kernel_exists(jp_fetch, kernel_id)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from servers import free_port, wait_until
+from servers import free_port, on_ci, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def require_chp() -> str:
         "configurable-http-proxy not found (npm install --prefix .venv/node "
         "configurable-http-proxy@5, or run scripts/test.sh)"
     )
-    if os.environ.get("CI", "").lower() == "true":
+    if on_ci():
         pytest.fail(reason)
     pytest.skip(reason)
 

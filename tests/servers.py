@@ -20,6 +20,22 @@ from typing import Any, Callable
 TOKEN = "test-token-3f2a"
 
 
+def on_ci() -> bool:
+    """The one reading of $CI: on CI a missing dependency fails a test instead of skipping it."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def require(available: bool, problem: str) -> None:
+    """Fail the test on CI and skip it elsewhere, when something it needs is missing."""
+    import pytest
+
+    if available:
+        return
+    if on_ci():
+        pytest.fail(f"needed on CI: {problem}")
+    pytest.skip(problem)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,16 +65,18 @@ class ServerProcess:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         extensions: dict[str, bool] | None = None,
+        launcher: Path | None = None,
     ) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root.parent / f"server-{self.port}.log"
         enabled = {"jupyter_idle_ext": extension, **(extensions or {})}
+        # a script run instead of ``python -m jupyter_server`` (fault injection)
+        start = [str(launcher)] if launcher else ["-m", "jupyter_server"]
         self.cmd = [
             sys.executable,
-            "-m",
-            "jupyter_server",
+            *start,
             "--no-browser",
             "--allow-root",
             f"--port={self.port}",

@@ -10,8 +10,8 @@ the app's process. These need jupyter-server-proxy: they run in the venv that ha
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
-import os
 import sys
 import threading
 import time
@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import wait_for
-from servers import TOKEN, ServerProcess, wait_until
+from servers import TOKEN, ServerProcess, require, wait_until
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -38,12 +38,11 @@ VSCODE_REGULAR = bytes([1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 2]) + b"hi"
 
 
 def require_proxy() -> None:
-    try:
-        import jupyter_server_proxy  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("jupyter-server-proxy is not installed in this venv (use .venv-apps)")
-        pytest.skip("jupyter-server-proxy is not installed (bash scripts/test.sh sets it up)")
+    require(
+        importlib.util.find_spec("jupyter_server_proxy") is not None,
+        "jupyter-server-proxy is not installed in this venv (bash scripts/test.sh sets up "
+        ".venv-apps)",
+    )
 
 
 def server_processes(pid_dir: Path | None = None) -> dict[str, Any]:

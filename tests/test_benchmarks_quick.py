@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hub import find_chp
+from servers import on_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -62,7 +62,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
     assert {row["bench"] for row in rows} == set(titles), proc.stdout[-4000:]
 
     chp_missing = find_chp() is None
-    if chp_missing and os.environ.get("CI", "").lower() == "true":
+    if chp_missing and on_ci():
         pytest.fail("configurable-http-proxy is missing: the Hub benchmarks cannot run")
     for row in rows:
         assert row["verdict"] != "error", row

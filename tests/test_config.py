@@ -384,7 +384,7 @@ def test_every_option_has_a_readme_row() -> None:
 
 # -- real servers ------------------------------------------------------------------------------
 
-STARTED = "jupyter_idle_ext: culling kernels"
+STARTED = "IdleExtension] culling kernels idle for"
 RUNNING = "is running at"
 
 

@@ -15,9 +15,12 @@ import signal
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import kernel_exists, ready_client, run, start_kernel
+from jupyter_server.services.kernels import kernelmanager
 from servers import ServerProcess, execute_over_zmq, wait_until
 
 from jupyter_idle_ext.activity import ActivityTracker, snapshot
@@ -34,6 +37,9 @@ class FaultyHub:
 
     def __init__(self) -> None:
         self.mode = "ok"
+        # a pid to SIGTERM when the server asks to be stopped, before answering: the real Hub
+        # stops the spawner while our DELETE is still in flight
+        self.stop_on_delete: int | None = None
         self.requests: list[tuple[float, str, str]] = []  # (monotonic, method, mode answered)
         hub = self
 
@@ -52,6 +58,9 @@ class FaultyHub:
                 code = {"ok": 200, "503": 503, "403": 403, "404": 404}[mode]
                 if self.command == "DELETE" and mode == "ok":
                     code = 202
+                    if hub.stop_on_delete is not None:
+                        os.kill(hub.stop_on_delete, signal.SIGTERM)
+                        time.sleep(1)
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -207,6 +216,35 @@ def test_wall_clock_jumps_cull_nothing_early(jump: float) -> None:
     assert stamp != before
 
 
+@pytest.mark.parametrize("jump", [3 * 3600, -3 * 3600], ids=["forward-3h", "back-3h"])
+@pytest.mark.parametrize("idle_config", [{"cull_idle_timeout": 600.0}], indirect=True)
+async def test_wall_clock_jumps_through_the_real_kernel_watcher(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any, monkeypatch: pytest.MonkeyPatch, jump: float
+) -> None:
+    """jupyter_server stamps a kernel's activity with the wall clock: after a jump the stamps
+    are hours off. A kernel running and one started after the jump are judged on the monotonic
+    clock, never culled early, and the status stays consistent."""
+    before = await start_kernel(jp_fetch)
+    client = await ready_client(idle_app, before)
+    await run(client, "x = 1")
+    real = kernelmanager.utcnow
+    monkeypatch.setattr(kernelmanager, "utcnow", lambda: real() + timedelta(seconds=jump))
+    monkeypatch.setattr(idle_app.tracker, "wall_clock", lambda: time.time() + jump)
+    await run(client, "y = 2")  # the built-in watcher stamps this with the jumped clock
+    after = await start_kernel(jp_fetch)
+    kernel = jp_serverapp.kernel_manager.get_kernel(after)
+    assert abs((kernel.last_activity - real()).total_seconds() - jump) < 60
+    idle_app.tracker.changed.set()
+    r = await jp_fetch("api", "idle", method="GET")
+    doc = json.loads(r.body)
+    for kernel_id in (before, after):
+        entry = next(k for k in doc["kernels"] if k["id"] == kernel_id)
+        assert entry["action"] == "keep" and entry["idle_seconds"] < 60, entry
+        assert await kernel_exists(jp_fetch, kernel_id)
+    assert doc["now"] >= doc["last_activity"] >= doc["started"]
+    client.stop_channels()
+
+
 def plan_snapshot(tracker: ActivityTracker) -> Any:
     return snapshot(tracker, (), ())
 
@@ -223,3 +261,39 @@ def test_a_second_shutdown_trigger_is_harmless(start_server: Any) -> None:
         os.kill(server.proc.pid, signal.SIGTERM)
     assert server.wait_exit(30) == 0
     assert "Traceback" not in server.log()
+
+
+def test_the_hubs_sigterm_during_our_delete_is_harmless(
+    start_server: Any, faulty_hub: FaultyHub
+) -> None:
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=5",
+        "--IdleExtension.shutdown_warning=0",
+        env=faulty_hub.env(),
+    )
+    faulty_hub.stop_on_delete = server.proc.pid
+    assert server.wait_exit(30) == 0
+    log = server.log()
+    assert "Shutting down the server" in log
+    assert [m for _, m, _ in faulty_hub.requests].count("DELETE") == 1
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_an_extension_whose_stop_hangs_cannot_keep_the_process(start_server: Any) -> None:
+    """shutdown_grace bounds the exit; the exit code is still 0 (an idle shutdown is not an
+    error, and a Hub or orchestrator must not restart the server for it)."""
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=4",
+        "--IdleExtension.shutdown_warning=0",
+        "--IdleExtension.shutdown_grace=6",
+        env={"PYTHONPATH": os.path.dirname(__file__)},
+        extensions={"hanging_extension": True},
+    )
+    server.wait_log("Shutting down the server", 20)
+    started = time.monotonic()
+    assert server.wait_exit(30) == 0
+    took = time.monotonic() - started
+    log = server.log()
+    assert "hanging_extension: stopping, forever" in log
+    assert "Exiting: the stop did not finish within shutdown_grace (6 s)" in log
+    assert 6 - 1 <= took <= 6 + 3, took

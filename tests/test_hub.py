@@ -46,7 +46,7 @@ def test_silent_long_cell_keeps_the_hub_informed(start_hub: Callable[..., Hub]) 
     )
     hub.create_user("alice")
     hub.start_server("alice")
-    hub.wait_log(r"switched off jupyterhub-singleuser's activity reporter", timeout=10)
+    hub.wait_log(r"(?i)switched off jupyterhub-singleuser.s activity reporter", timeout=10)
     started = utcnow()
     cell = hub.execute("alice", "import time; time.sleep(22); print('done')", wait=False)
     seen = []

@@ -98,16 +98,16 @@ def make_reporter(fake_hub: FakeHub, log: Any, **kwargs: Any) -> tuple[HubReport
     tracker = ActivityTracker(clock=clock, wall_clock=lambda: 1_800_000_000.0 + clock.now)
     state = {"busy": False}
 
-    def last_activity() -> float:
+    async def last_activity() -> float:
         return clock.now if state["busy"] else tracker.last_activity
 
     reporter = HubReporter(
         hub=kwargs.pop("hub", fake_hub.environ()),
         tracker=tracker,
-        last_activity=last_activity,
         interval=kwargs.pop("interval", 300.0),
         log=log,
     )
+    reporter.last_activity = last_activity
     reporter.state = state  # type: ignore[attr-defined]
     return reporter, clock, tracker
 

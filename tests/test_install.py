@@ -162,6 +162,6 @@ def test_installed_server_starts_the_extension_and_exits_idle(
     took = time.monotonic() - started
     log = log_path.read_text()
     assert code == 0, log
-    assert "jupyter_idle_ext: culling kernels" in log, log
+    assert "IdleExtension] culling kernels idle for" in log, log
     assert "Shutting down the server: idle 3 s >= server_idle_timeout 3 s" in log, log
     assert took < 30, (took, log)

@@ -11,42 +11,12 @@ import time
 from typing import Any
 
 import pytest
-from conftest import IN_PROCESS, wait_for
+from conftest import IN_PROCESS, _gone, kernel_exists, ready_client, run, start_kernel, wait_for
 from jupyter_client.kernelspec import KernelSpecManager
-from tornado.httpclient import HTTPClientError
 
 from jupyter_idle_ext.policy import DEAD_KERNEL_GRACE
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def start_kernel(jp_fetch: Any, name: str = "python3") -> str:
-    r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": name}))
-    kernel_id = json.loads(r.body)["id"]
-    return str(kernel_id)
-
-
-async def kernel_exists(jp_fetch: Any, kernel_id: str) -> bool:
-    try:
-        await jp_fetch("api", "kernels", kernel_id, method="GET")
-        return True
-    except HTTPClientError as e:
-        assert e.code == 404
-        return False
-
-
-async def ready_client(app: Any, kernel_id: str) -> Any:
-    """A client talking ZMQ to the kernel directly, as `jupyter console` or VS Code do."""
-    kernel = app.serverapp.kernel_manager.get_kernel(kernel_id)
-    client = kernel.client()
-    client.start_channels()
-    await client.wait_for_ready(timeout=60)
-    return client
-
-
-async def run(client: Any, code: str, timeout: float = 60) -> None:
-    reply = await client.execute_interactive(code, timeout=timeout, output_hook=lambda m: None)
-    assert reply["content"]["status"] == "ok", reply["content"]
 
 
 def record(app: Any, kernel_id: str) -> Any:
@@ -64,10 +34,6 @@ async def test_idle_kernel_is_culled_at_its_timeout(idle_app: Any, jp_fetch: Any
     gone_after = time.monotonic() - ran
     # culled at cull_idle_timeout (3 s) after the last execution, not cull_interval (300 s) later
     assert 2.5 < gone_after < 6, gone_after
-
-
-async def _gone(jp_fetch: Any, kernel_id: str) -> bool:
-    return not await kernel_exists(jp_fetch, kernel_id)
 
 
 async def test_silent_busy_kernel_is_never_culled(idle_app: Any, jp_fetch: Any) -> None:
@@ -310,6 +276,28 @@ async def test_kernel_that_ignores_shutdown_is_stopped_anyway(
     # graceful first (jupyter_client waits shutdown_wait_time), then killed: bounded
     assert time.monotonic() - ran < 3 + 15
     client.stop_channels()
+
+
+async def test_a_kernel_whose_graceful_stop_hangs_is_stopped_by_force(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any, caplog: Any, monkeypatch: Any
+) -> None:
+    """After KERNEL_STOP_TIMEOUT the graceful stop is given up and the kernel is stopped now."""
+    import jupyter_idle_ext.culler as culler_module
+
+    monkeypatch.setattr(culler_module, "KERNEL_STOP_TIMEOUT", 1.0)
+    km = jp_serverapp.kernel_manager
+    graceful = km.shutdown_kernel
+
+    async def hang_unless_now(kernel_id: str, now: bool = False, restart: bool = False) -> None:
+        if not now:
+            await asyncio.Event().wait()
+        await graceful(kernel_id, now=True, restart=restart)
+
+    monkeypatch.setattr(km, "shutdown_kernel", hang_unless_now)
+    kernel_id = await start_kernel(jp_fetch)
+    await wait_for(lambda: _gone(jp_fetch, kernel_id), IN_PROCESS["cull_idle_timeout"] + 15)
+    assert f"Kernel {kernel_id} did not shut down cleanly" in caplog.text
+    assert "stopping it now" in caplog.text
 
 
 async def test_a_kernel_that_cannot_be_stopped_does_not_stop_the_loop(

@@ -71,8 +71,9 @@ async def test_without_the_optional_packages_nothing_of_theirs_is_followed(
         "jupyter_server_ydoc"
     ):
         pytest.skip("this venv has the optional packages (the test runs in the main one)")
-    assert idle_app.proxy is None
-    assert [type(s).__name__ for s in idle_app.sources] == ["DocumentWatcher"]
+    assert idle_app.sources.proxy is None
+    kinds = [type(s).__name__ for s in idle_app.sources.all]
+    assert kinds == ["DocumentWatcher", "ProcessWatcher"], kinds
     routes = handler_rules(jp_serverapp.web_app, object)
     observed = {"jupyter_idle_ext.proxy", "jupyter_idle_ext.collaboration"}
     assert routes and not [r for r in routes if r.target.__module__ in observed]

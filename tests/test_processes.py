@@ -118,7 +118,9 @@ def test_a_nohup_job_from_a_closed_terminal_keeps_the_server_until_it_ends(
     wait_until(lambda: server.proc.pid not in [p.pid for p in proc.parents()], 10)
     wait_until(lambda: "is working" in server.log(), 10)
     _, doc = server.request("GET", "/api/idle")
-    working = [s for s in doc["sources"] if s["kind"] == "process" and s["busy_seconds"]]
+    working = [
+        s for s in doc["sources"] if s["kind"] == "process" and s["busy_seconds"] is not None
+    ]
     assert working and "burn.py" in working[0]["name"], doc["sources"]
     assert doc["server"]["rule"] is None and "process" in doc["server"]["reason"], doc["server"]
     end = kept_until_done(server, done, 60)
@@ -160,6 +162,23 @@ def test_work_this_server_did_not_start_never_keeps_it(start_server: Any, tmp_pa
         assert "is working" not in ours.log()
     finally:
         unrelated.kill()
+
+
+def test_the_servers_own_helper_processes_are_not_the_users_work(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """A process the server process itself starts (an extension's helper) carries the marker
+    but is not started through a kernel, terminal or app: it does not keep the server."""
+    done = tmp_path / "helper-done"
+    server = start_server(
+        *SHORT,
+        env={"PYTHONPATH": str(TESTS), "HELPER_DONE": str(done), "HELPER_BURN_SECONDS": "30"},
+        extensions={"helper_extension": True},
+    )
+    server.wait_log("helper_extension: started its helper", 20)
+    assert_stopped_after(server, server.started)
+    assert not done.exists(), "the helper ended first: the control is void"
+    assert "is working" not in server.log()
 
 
 def test_a_kernel_computing_in_a_thread_is_not_culled_and_keeps_the_server(
@@ -373,6 +392,7 @@ async def test_a_process_working_on_a_gpu_keeps_the_server() -> None:
         nvml=nvml,
     )
     watcher.min_window = 0  # scans here follow each other closely
+    watcher.scanner.own_pid = -1  # the test process stands for no server: its children are jobs
     proc = spawn(marker, "import time; time.sleep(30)")
     try:
         await asyncio.sleep(0.5)

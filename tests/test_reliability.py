@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import wait_for
+from conftest import _gone, ready_client, run, start_kernel, wait_for
 from jupyter_client import BlockingKernelClient
 from servers import TOKEN, ServerProcess, execute_over_zmq, free_port, wait_until
-from test_kernels import _gone, ready_client, run, start_kernel
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import Resolver
 from tornado.websocket import websocket_connect

@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from test_kernels import _gone, ready_client, start_kernel
+from conftest import _gone, ready_client, start_kernel, wait_for
+from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,6 +85,32 @@ async def test_unauthenticated_requests_are_refused(
         with pytest.raises(HTTPClientError) as e:
             await http_server_client.fetch(path, method=method, body=body)
         assert e.value.code == 403, path
+
+
+class DenyIdle(Authorizer):  # type: ignore[misc]
+    """An Authorizer that refuses everything of jupyter_idle_ext, and allows the rest."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return not resource.startswith("jupyter_idle_ext")
+
+
+@pytest.mark.parametrize(
+    "extra_server_config", [{"ServerApp": {"authorizer_class": DenyIdle}}], indirect=True
+)
+async def test_an_authorizer_that_denies_us_gets_403_from_every_endpoint(
+    idle_app: Any, jp_fetch: Any
+) -> None:
+    for path, method, body in (
+        (("api", "idle"), "GET", None),
+        (("api", "idle", "keepalive"), "POST", '{"seconds": 60}'),
+        (("api", "idle", "keepalive"), "DELETE", None),
+    ):
+        with pytest.raises(HTTPClientError) as e:
+            await jp_fetch(*path, method=method, body=body)
+        assert e.value.code == 403, (path, method)
+    assert idle_app.tracker.keepalive_until is None
+    # the rest of the server is not ours to refuse
+    assert (await jp_fetch("api", "kernels", method="GET")).code == 200
 
 
 @pytest.mark.parametrize("idle_config", [{"max_keepalive": 600.0}], indirect=True)

@@ -11,7 +11,6 @@ polling and writing its workspace, does not keep its server.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess
+from servers import TOKEN, ServerProcess, require
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -170,8 +169,9 @@ def test_typing_with_autosave_keeps_the_server_a_forgotten_tab_does_not(tmp_path
 
 @pytest.mark.apps
 def test_collaborative_typing_keeps_the_server_a_forgotten_tab_does_not(tmp_path: Path) -> None:
-    if importlib.util.find_spec("jupyter_server_ydoc") is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("jupyter-collaboration is not installed in this venv (use .venv-apps)")
-        pytest.skip("jupyter-collaboration is not installed (bash scripts/test.sh sets it up)")
+    require(
+        importlib.util.find_spec("jupyter_server_ydoc") is not None,
+        "jupyter-collaboration is not installed in this venv (bash scripts/test.sh sets up "
+        ".venv-apps)",
+    )
     write_beside_a_forgotten_tab(tmp_path, collaborative=True)

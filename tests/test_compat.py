@@ -1,0 +1,150 @@
+"""What the extension borrows from jupyter_server's, terminado's and jupyterhub's insides
+(compat.py): a test per borrowed piece, removing it. Each loss is said once, as a WARNING naming
+the capability, and the behaviour falls to the safe side: never cull more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+from jupyter_idle_ext import compat
+from jupyter_idle_ext.activity import ActivityTracker, TerminalWatcher
+from jupyter_idle_ext.compat import Capabilities
+from jupyter_idle_ext.options import IdleOptions
+from jupyter_idle_ext.policy import KernelState, decide_kernel, decide_terminal
+
+LOG = logging.getLogger("test_compat")
+
+
+def warnings_of(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+class Kernel(SimpleNamespace):
+    pass
+
+
+def test_connections_from_the_private_count(caplog: Any) -> None:
+    km = SimpleNamespace(_kernel_connections={"a": 2})
+    connections = compat.kernel_connections(km, Capabilities(LOG))
+    assert (connections("a"), connections("b")) == (2, 0)
+    assert warnings_of(caplog) == []
+
+
+def test_without_the_private_count_the_public_model_is_read(caplog: Any) -> None:
+    km = SimpleNamespace(kernel_model=lambda kernel_id: {"id": kernel_id, "connections": 3})
+    connections = compat.kernel_connections(km, Capabilities(LOG))
+    assert connections("a") == 3
+    assert warnings_of(caplog) == [
+        "Kernel connections are read through the kernel model: "
+        "MappingKernelManager._kernel_connections is gone; this is slower."
+    ]
+
+
+def test_unknown_connections_count_as_connected(caplog: Any) -> None:
+    capabilities = Capabilities(LOG)
+    connections = compat.kernel_connections(SimpleNamespace(), capabilities)
+    compat.kernel_connections(SimpleNamespace(), capabilities)  # said once
+    assert connections("a") is None
+    [warning] = warnings_of(caplog)
+    assert "cannot be known" in warning and "cull_connected off none is culled" in warning
+    # and the policy then keeps a kernel it cannot tell is unconnected
+    unknown = KernelState(id="k1", name="python3", last_activity=0.0, connections=None)
+    kept = decide_kernel(unknown, IdleOptions.default_policy(cull_connected=False), 10**7)
+    assert kept.action == "keep" and "connections unknown" in kept.reason
+
+
+def test_without_the_iopub_stream_the_guard_says_what_is_lost(caplog: Any) -> None:
+    capabilities = Capabilities(LOG)
+    compat.guard_iopub_watcher(Kernel(), "k1", LOG, capabilities)
+    [warning] = warnings_of(caplog)
+    assert "IOPub watcher cannot be guarded" in warning
+    assert capabilities.lost
+
+
+def test_the_guard_keeps_the_watcher_alive_through_a_malformed_message() -> None:
+    seen = []
+
+    def callback(msg_list: Any) -> None:
+        if msg_list == "garbage":
+            raise ValueError("malformed")
+        seen.append(msg_list)
+
+    stream = SimpleNamespace(_recv_callback=callback)
+    stream.on_recv = lambda fn: setattr(stream, "_recv_callback", fn)
+    compat.guard_iopub_watcher(Kernel(_activity_stream=stream), "k1", LOG, Capabilities(LOG))
+    stream._recv_callback("garbage")  # would have stopped jupyter_server's watcher for good
+    stream._recv_callback("fine")
+    assert seen == ["fine"]
+
+
+def test_without_the_pty_hook_terminals_are_never_culled(caplog: Any) -> None:
+    manager = SimpleNamespace(terminals={"1": object()})
+    watcher = TerminalWatcher(manager, ActivityTracker(), Capabilities(LOG))
+    assert not watcher.seen
+    watcher.tracker.add("terminal", "1", "1")
+    (state,) = watcher.states()
+    decision = decide_terminal(state, IdleOptions.default_policy(cull_idle_timeout=1), 10**7)
+    assert decision.action == "keep" and "cannot be seen" in decision.reason
+    [warning] = warnings_of(caplog)
+    assert "Terminal activity cannot be seen" in warning
+
+
+class SingleUser:
+    """The parts of jupyterhub-singleuser's extension app the reporter switch uses."""
+
+    def __init__(self, with_trait: bool = True) -> None:
+        self.with_trait = with_trait
+        self.hub_activity_interval = 300
+        self._activity_task: Any = None
+
+    def keep_activity_updated(self) -> None:
+        pass
+
+    def trait_names(self) -> list[str]:
+        return ["hub_activity_interval"] if self.with_trait else []
+
+
+def serverapp_with(app: Any) -> Any:
+    point = SimpleNamespace(app=app)
+    return SimpleNamespace(
+        extension_manager=SimpleNamespace(extension_points={"jupyterhub": point})
+    )
+
+
+async def test_singleusers_reporter_is_switched_off_and_a_running_one_cancelled() -> None:
+    app = SingleUser()
+    app._activity_task = asyncio.ensure_future(asyncio.sleep(3600))
+    assert compat.silence_singleuser_reporter(serverapp_with(app), LOG, Capabilities(LOG))
+    assert app.hub_activity_interval == 0
+    await asyncio.sleep(0)
+    assert app._activity_task.cancelled()
+
+
+def test_a_reporter_that_cannot_be_switched_off_names_the_setting(caplog: Any) -> None:
+    compat.silence_singleuser_reporter(
+        serverapp_with(SingleUser(with_trait=False)), LOG, Capabilities(LOG)
+    )
+    [warning] = warnings_of(caplog)
+    assert "c.JupyterHubSingleUser.hub_activity_interval = 0" in warning
+
+
+@pytest.fixture
+def no_start_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jupyter_server before 2.16, which never calls the extension's start hook."""
+    monkeypatch.setattr("jupyter_idle_ext.app.has_start_hook", lambda: False)
+
+
+async def test_without_the_start_hook_the_extension_starts_itself(
+    no_start_hook: None, jp_serverapp: Any
+) -> None:
+    app = jp_serverapp.extension_manager.extension_points["jupyter_idle_ext"].app
+    # nobody calls _start_jupyter_server_extension here: the callback scheduled at load does
+    await wait_for(lambda: app.culler is not None, 10)
+    await app.stop_extension()

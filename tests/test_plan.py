@@ -1,0 +1,110 @@
+"""One plan per check: the loop decides, every reader (status, metrics, the Hub reporter) reads its
+latest snapshot and plan, and a wake-up that arrives during a check is never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+import jupyter_idle_ext.culler as culler_module
+
+pytestmark = pytest.mark.timeout(120)
+
+# kernels culled after 300 s: the loop has no reason to look again before then by itself
+LONG = {"cull_idle_timeout": 300.0}
+
+
+async def start_kernel(jp_fetch: Any) -> str:
+    r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    return str(json.loads(r.body)["id"])
+
+
+async def status(jp_fetch: Any) -> dict[str, Any]:
+    r = await jp_fetch("api", "idle", method="GET")
+    return dict(json.loads(r.body))
+
+
+@pytest.mark.parametrize("idle_config", [LONG], indirect=True)
+async def test_kernels_started_during_a_slow_check_are_found_within_a_second(
+    idle_app: Any, jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with remote kernels, whose is_alive awaits: each check takes a second."""
+    kernels = idle_app.culler.kernels
+    original = kernels.refresh
+    checks: list[float] = []
+
+    async def slow_refresh() -> None:
+        await original()
+        checks.append(time.monotonic())
+        await asyncio.sleep(1.0)
+
+    monkeypatch.setattr(kernels, "refresh", slow_refresh)
+    for _ in range(3):
+        before = len(checks)
+        idle_app.tracker.changed.set()
+        await wait_for(lambda b=before: len(checks) > b, 5)  # a check is under way
+        kernel_id = await start_kernel(jp_fetch)
+        started = time.monotonic()
+        await wait_for(lambda k=kernel_id: ("kernel", k) in idle_app.tracker.records, 5, 0.02)
+        assert time.monotonic() - started < 1.5, "a kernel start during a check was lost"
+        # and the status, read right after the start, lists it
+        assert kernel_id in [k["id"] for k in (await status(jp_fetch))["kernels"]]
+
+
+async def test_reading_the_status_decides_nothing_and_changes_nothing(
+    idle_app: Any, jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await start_kernel(jp_fetch)
+    # until the kernel's start-up messages are over
+    quiet: list[int] = []
+
+    async def settled() -> bool:
+        quiet.append(idle_app.tracker.generation)
+        await status(jp_fetch)
+        return len(quiet) > 3 and len(set(quiet[-3:])) == 1
+
+    await wait_for(settled, 20, 0.3)
+    first = await status(jp_fetch)
+    decisions: list[Any] = []
+    decide = culler_module.decide
+
+    def counted(*args: Any) -> Any:
+        decisions.append(args)
+        return decide(*args)
+
+    monkeypatch.setattr(culler_module, "decide", counted)
+    generation = idle_app.tracker.generation
+    plan = idle_app.culler.plan
+    docs = []
+    for _ in range(10):
+        docs.append(await status(jp_fetch))
+        await asyncio.sleep(0.1)
+    assert decisions == [], "a status read made the loop decide again with nothing new"
+    assert idle_app.tracker.generation == generation, "reading the status changed the state"
+    assert idle_app.culler.plan is plan
+    # the same decisions, with durations counted to each read
+    assert {d["kernels"][0]["cull_at"] for d in [first, *docs]} == {first["kernels"][0]["cull_at"]}
+    idle = [d["kernels"][0]["idle_seconds"] for d in docs]
+    assert idle == sorted(idle) and idle[-1] > idle[0]
+
+
+async def test_activity_since_the_last_check_is_in_the_next_status(
+    idle_app: Any, jp_fetch: Any
+) -> None:
+    before = await status(jp_fetch)
+    await jp_fetch(
+        "api",
+        "contents",
+        "new.md",
+        method="PUT",
+        body=json.dumps({"type": "file", "format": "text", "content": "x"}),
+    )
+    await wait_for(lambda: ("document", "new.md") in idle_app.tracker.records, 5)
+    after = await status(jp_fetch)
+    assert any(s["name"] == "new.md" for s in after["sources"]), after["sources"]
+    assert after["last_activity"] > before["last_activity"]
