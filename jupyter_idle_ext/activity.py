@@ -382,7 +382,7 @@ class TerminalWatcher:
             name = getattr(ptywclients, "_idle_ext_name", None)
             if name is None:
                 name = self._name_of(ptywclients)
-            if name is not None:
+            if name is not None and not getattr(ptywclients, "_idle_ext_stopping", False):
                 self.tracker.touch("terminal", name)
 
         terminal_manager.pre_pty_read_hook = pre_pty_read_hook
@@ -416,6 +416,12 @@ class TerminalWatcher:
             if isinstance(pid, int):
                 found[pid] = ("terminal", str(name))
         return found
+
+    def stopping(self, name: str) -> None:
+        """The terminal is being culled: what its shell prints on the way out is not activity."""
+        term = self.tm.terminals.get(name)
+        if term is not None:
+            term._idle_ext_stopping = True
 
     def close(self) -> None:
         if self.seen:

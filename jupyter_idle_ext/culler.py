@@ -271,6 +271,8 @@ class IdleCuller:
 
     async def _cull_terminal(self, decision: Decision) -> None:
         self.log.warning("Culling terminal '%s': %s.", decision.id, decision.reason)
+        if self.terminals is not None:
+            self.terminals.stopping(decision.id)
         try:
             await self.tm.terminate(decision.id, force=True)
         except Exception as e:

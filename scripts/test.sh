@@ -12,6 +12,9 @@
 #                               (".[test,apps]"), for the tests marked `apps`: installing them
 #                               changes JupyterLab (real-time collaboration), so the other
 #                               tests run without them, as most deployments do
+#   .venv-oldest/               the lowest Python and jupyter_server (and psutil, traitlets,
+#                               jupyter_server_terminals) that pyproject.toml claims, for the
+#                               kernel-cull, shutdown, start-up and process tests
 #   chromium                    Debian package, for the real-browser tests (never `playwright install`)
 #   configurable-http-proxy@5   npm, into .venv/node, for the real-JupyterHub tests
 #
@@ -82,6 +85,34 @@ step "Installing the package into $APPS_VENV with jupyter-collaboration and jupy
 "$APPS_VENV/bin/python" -m pip install --quiet --upgrade pip
 "$APPS_VENV/bin/python" -m pip install --quiet -e ".[test,lint,apps]"
 
+# The lowest versions pyproject.toml claims: a claim is only as good as the test that runs on it.
+OLDEST_VENV="$ROOT/.venv-oldest"
+OLDEST_PYTHON_VERSION=3.9
+OLDEST=("jupyter_server==2.15.0" "jupyter_server_terminals==0.5.0" "psutil==5.9.0" "traitlets==5.9.0")
+OLDEST_TESTS=(
+    tests/test_server.py tests/test_kernels.py tests/test_fail_closed.py tests/test_lifecycle.py
+    tests/test_policy.py tests/test_config.py tests/test_processes.py
+)
+if [ ! -x "$OLDEST_VENV/bin/python" ]; then
+    oldest_python="$(command -v "python$OLDEST_PYTHON_VERSION" || true)"
+    if [ -z "$oldest_python" ]; then
+        # pyenv's, where the machine has it (the base image here does)
+        oldest_python="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$OLDEST_PYTHON_VERSION".*/bin/python 2>/dev/null | tail -1 || true)"
+    fi
+    if [ -n "$oldest_python" ]; then
+        step "Creating $OLDEST_VENV with $oldest_python"
+        "$oldest_python" -m venv "$OLDEST_VENV"
+    else
+        missing "no Python $OLDEST_PYTHON_VERSION for the oldest-versions tests"
+    fi
+fi
+if [ -x "$OLDEST_VENV/bin/python" ]; then
+    step "Installing the package into $OLDEST_VENV with the oldest versions we claim: ${OLDEST[*]}"
+    "$OLDEST_VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$OLDEST_VENV/bin/python" -m pip install --quiet -e . "${OLDEST[@]}" \
+        pytest pytest-jupyter pytest-timeout ipykernel websocket-client
+fi
+
 # -- Chromium for the browser tests -------------------------------------------------------------
 
 if command -v chromium >/dev/null 2>&1; then
@@ -150,6 +181,11 @@ run_pytest() {
 
 run_pytest "main" python "not apps" "$@"
 run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" "$@"
+# a selection (arguments) is for the current versions only
+if [ -x "$OLDEST_VENV/bin/python" ] && [ "$#" -eq 0 ]; then
+    run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \
+        "${OLDEST_TESTS[@]}"
+fi
 
 # -- jupyter_server's own tests, with the extension loaded and started in every server ----------
 

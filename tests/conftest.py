@@ -62,6 +62,8 @@ def jp_server_config(
 def idle_app(jp_serverapp: Any, jp_asyncio_loop: Any) -> Any:
     """The running extension, its background check started as a real server would."""
     app = jp_serverapp.extension_manager.extension_points["jupyter_idle_ext"].app
+    # caplog sees our logger through the root logger (pytest before 9 attaches nowhere else)
+    app.log.propagate = True
     jp_asyncio_loop.run_until_complete(app._start_jupyter_server_extension(jp_serverapp))
     yield app
     jp_asyncio_loop.run_until_complete(app.stop_extension())

@@ -18,7 +18,11 @@ BURN = Path(__file__).resolve().parent / "burn.py"
 class HelperExtension(ExtensionApp):
     name = "helper_extension"
 
-    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+    def initialize_settings(self) -> None:
+        # once the server runs (every jupyter_server version calls this callback then)
+        self.serverapp.io_loop.add_callback(self.start_helper)
+
+    def start_helper(self) -> None:
         seconds = os.environ.get("HELPER_BURN_SECONDS", "10")
         subprocess.Popen([sys.executable, str(BURN), seconds, os.environ["HELPER_DONE"]])
         self.log.info("helper_extension: started its helper")

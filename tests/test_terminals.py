@@ -60,6 +60,9 @@ async def test_terminal_typing_and_output_keep_it_then_idle_is_culled(
     culled_after = time.monotonic() - last_output
     assert culled_after < 4 + 2.5, culled_after
     assert f"Culling terminal '{name}'" in caplog.text
+    # what the shell printed on its way out is our cull, not the user's activity
+    await asyncio.sleep(1)
+    assert idle_app.tracker.last_activity - last_output < 0.5
     ws.close()
 
 
