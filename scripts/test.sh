@@ -88,17 +88,23 @@ step "Installing the package into $APPS_VENV with jupyter-collaboration and jupy
 # The lowest versions pyproject.toml claims: a claim is only as good as the test that runs on it.
 OLDEST_VENV="$ROOT/.venv-oldest"
 OLDEST_PYTHON_VERSION=3.9
+OLDEST_PYTHON_VERSION_TUPLE=3,9
 OLDEST=("jupyter_server==2.15.0" "jupyter_server_terminals==0.5.0" "psutil==5.9.0" "traitlets==5.9.0")
 OLDEST_TESTS=(
     tests/test_server.py tests/test_kernels.py tests/test_fail_closed.py tests/test_lifecycle.py
     tests/test_policy.py tests/test_config.py tests/test_processes.py
 )
 if [ ! -x "$OLDEST_VENV/bin/python" ]; then
-    oldest_python="$(command -v "python$OLDEST_PYTHON_VERSION" || true)"
-    if [ -z "$oldest_python" ]; then
-        # pyenv's, where the machine has it (the base image here does)
-        oldest_python="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$OLDEST_PYTHON_VERSION".*/bin/python 2>/dev/null | tail -1 || true)"
-    fi
+    oldest_python=""
+    # pyenv's (the base image here has it), then one on PATH; a pyenv shim for a version that
+    # is not selected only prints an error, so each candidate must actually run
+    for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$OLDEST_PYTHON_VERSION".*/bin/python \
+        "$(command -v "python$OLDEST_PYTHON_VERSION" || true)"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+            "$candidate" -c "import sys; assert sys.version_info[:2] == ($OLDEST_PYTHON_VERSION_TUPLE)" 2>/dev/null; then
+            oldest_python="$candidate"
+        fi
+    done
     if [ -n "$oldest_python" ]; then
         step "Creating $OLDEST_VENV with $oldest_python"
         "$oldest_python" -m venv "$OLDEST_VENV"
