@@ -148,7 +148,7 @@ def hub_posts(ctx: Any) -> list[Any]:
             raise scenario.error
     ours, theirs = (s.result for s in scenarios)
     ours_log = scenarios[0].hub.log()
-    if "reporting execution activity to the Hub" not in ours_log:
+    if "Reporting activity to the Hub" not in ours_log:
         raise RuntimeError("our reporter did not run in the spawned server")
     rows = []
     for key, label, goal in (
