@@ -82,6 +82,8 @@ class ActivityTracker:
         self.resume_gap = float("inf")
         # a user's keep-alive: the server is not shut down for idleness before this time
         self.keepalive_until: float | None = None
+        # when a user asked to stop the server once nothing works any more, or None
+        self.stop_when_done: float | None = None
         # the source of the server's last activity, to name it in reasons
         self.last_record: Record | None = None
         # moves on every change, so a reader knows whether the loop's last plan saw it
@@ -134,6 +136,8 @@ class ActivityTracker:
         elif not busy and record.busy_since is not None:
             record.busy_since = None
             record.idle_since = now
+            if self.stop_when_done is not None:
+                self.changed.set()  # what "stop when done" waits for may have ended
         record.last_activity = now
         self._server_activity(now, record)
 
@@ -148,6 +152,8 @@ class ActivityTracker:
         now = self.clock()
         record.computing = command
         record.computing_since = now if command is not None else None
+        if command is None and self.stop_when_done is not None:
+            self.changed.set()
         record.last_activity = now
         self._server_activity(now, record)
 
@@ -181,6 +187,15 @@ class ActivityTracker:
         self.generation += 1
         self.changed.set()
         return active
+
+    def set_stop_when_done(self, on: bool) -> bool:
+        """Stop the server once nothing works any more (or no longer); True when it changed."""
+        changed = (self.stop_when_done is not None) != on
+        if changed:
+            self.stop_when_done = self.clock() if on else None
+            self.generation += 1
+            self.changed.set()
+        return changed
 
     def of_kind(self, kind: str) -> list[Record]:
         return [r for r in self.records.values() if r.kind == kind]
@@ -448,5 +463,6 @@ def snapshot(
         terminals=terminals,
         sources=sources,
         keepalive_until=tracker.keepalive_until,
+        stop_when_done=tracker.stop_when_done,
         last_source=last.describe() if last is not None else None,
     )

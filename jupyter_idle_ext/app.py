@@ -10,6 +10,7 @@ an idle culler means paying for idle servers), unless ``fail_open`` says to run 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 from collections.abc import Iterator
@@ -25,9 +26,10 @@ from .culler import IdleCuller
 from .events import emit_event, register_schema
 from .handlers import default_handlers
 from .hub import HubEnvironment, HubReporter
-from .keepalive import Keepalive
+from .keepalive import Keepalive, StopWhenDone
 from .metrics import IDLE_SECONDS, SECONDS_TO_SHUTDOWN
 from .options import IdleOptions
+from .policy import STOP_WHEN_DONE_DELAY
 from .processes import ENV_MARKER, mark_environment
 from .shutdown import exit_promptly, exit_with, stop_server
 from .sources import Sources, start_sources
@@ -35,6 +37,8 @@ from .status import build_status
 
 SETTINGS_KEY = "jupyter_idle_ext_tracker"
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+# how many of the latest actions the status document lists
+RECENT = 20
 
 
 class IdleExtension(IdleOptions, ExtensionApp):
@@ -56,6 +60,9 @@ class IdleExtension(IdleOptions, ExtensionApp):
         self.culler: IdleCuller | None = None
         self.reporter: HubReporter | None = None
         self.keepalive: Keepalive | None = None
+        self.stop_when_done: StopWhenDone | None = None
+        # the latest actions, newest first, for the status document (a tab shows the last cull)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
         self.sources = Sources()
         self.marker: str | None = None
         # why the extension is not running, when it failed and fail_open kept the server up
@@ -187,6 +194,12 @@ class IdleExtension(IdleOptions, ExtensionApp):
             emit=self.emit,
             log=self.log,
         )
+        self.stop_when_done = StopWhenDone(
+            self.tracker,
+            delay=self.policy.shutdown_warning or STOP_WHEN_DONE_DELAY,
+            emit=self.emit,
+            log=self.log,
+        )
         event_logger = getattr(serverapp, "event_logger", None)
         if event_logger is not None:
             # look again as soon as a kernel starts, so its own timeout is checked on time
@@ -203,6 +216,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
         self.tracker.changed.set()
 
     def emit(self, data: dict[str, Any]) -> None:
+        self.recent.appendleft({**data, "time": self.tracker.isoformat(self.tracker.clock())})
         emit_event(self.serverapp, data, self.log)
 
     async def status(self) -> dict[str, Any]:
@@ -229,6 +243,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
             hub_note=note,
             keepalive_cap=self.max_keepalive,
             lost=self.capabilities.lost,
+            recent=list(self.recent),
         )
 
     async def stop_extension(self) -> None:

@@ -1,7 +1,7 @@
-"""REST handlers: the status document and the user's keep-alive.
+"""REST handlers: the status document, the user's keep-alive and "stop when done".
 
-Neither request is activity: reading the status must never delay a shutdown, and a keep-alive
-is its own, capped, signal.
+None of them is activity: reading the status must never delay a shutdown, and a keep-alive or
+"stop when done" is its own signal.
 """
 
 from __future__ import annotations
@@ -90,7 +90,35 @@ class KeepaliveHandler(IdleHandler):
         self.finish(json.dumps({"cancelled": self.keepalive.cancel()}))
 
 
+class StopWhenDoneHandler(IdleHandler):
+    """POST: stop the server shortly after nothing works any more; DELETE: cancel that."""
+
+    auth_resource = "jupyter_idle_ext:stop_when_done"
+
+    @property
+    def stop_when_done(self) -> Any:
+        requests = self.idle_app.stop_when_done
+        if requests is None:
+            raise web.HTTPError(503, "jupyter_idle_ext is not running")
+        return requests
+
+    @web.authenticated
+    @authorized
+    def post(self) -> None:
+        if len(self.request.body) > MAX_BODY:
+            raise web.HTTPError(413, f"body larger than {MAX_BODY} bytes")
+        if self.request.body.strip() not in (b"", b"{}", b"null"):
+            raise web.HTTPError(400, "stop-when-done takes no body (or {})")
+        self.finish(json.dumps({"stop_when_done": self.stop_when_done.request()}))
+
+    @web.authenticated
+    @authorized
+    def delete(self) -> None:
+        self.finish(json.dumps({"cancelled": self.stop_when_done.cancel()}))
+
+
 default_handlers = [
     (r"/api/idle", StatusHandler),
     (r"/api/idle/keepalive", KeepaliveHandler),
+    (r"/api/idle/stop-when-done", StopWhenDoneHandler),
 ]

@@ -1,7 +1,9 @@
-"""The user's keep-alive: an explicit, capped "I am away but need the server" instead of a pinger.
+"""What a user asks for: a keep-alive, an explicit, capped "I am away but need the server"
+instead of a pinger; and "stop when done", which stops the server shortly after nothing works
+any more instead of ``server_idle_timeout`` later.
 
-Granting and cancelling are logged, counted and emitted as events; the tracker holds the time, the
-policy decides with it (it holds off the idle shutdown, never ``max_server_age``).
+Each request is logged, counted and emitted as an event; the tracker holds it, the policy decides
+with it (a keep-alive holds off the idle shutdown, never ``max_server_age``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,54 @@ class Keepalive:
                     "id": "",
                     "reason": "a user cancelled it",
                     "rule": "keepalive",
+                }
+            )
+        return cancelled
+
+
+class StopWhenDone:
+    def __init__(
+        self,
+        tracker: ActivityTracker,
+        *,
+        delay: float,
+        emit: Callable[[dict[str, Any]], None],
+        log: Any,
+    ) -> None:
+        self.tracker = tracker
+        self.delay = delay
+        self.emit = emit
+        self.log = log
+
+    def request(self) -> dict[str, Any]:
+        if self.tracker.set_stop_when_done(True):
+            self.log.warning(
+                "Stop when done: the server shuts down %g s after nothing works any more.",
+                self.delay,
+            )
+            self.emit(
+                {
+                    "action": "stop_when_done_requested",
+                    "kind": "server",
+                    "id": "",
+                    "reason": f"a user asked; {self.delay:g} s after nothing works any more",
+                    "rule": "stop_when_done",
+                }
+            )
+        assert self.tracker.stop_when_done is not None
+        return {"since": self.tracker.isoformat(self.tracker.stop_when_done), "delay": self.delay}
+
+    def cancel(self) -> bool:
+        cancelled = self.tracker.set_stop_when_done(False)
+        if cancelled:
+            self.log.warning("Stop when done cancelled: the usual idle rules apply again.")
+            self.emit(
+                {
+                    "action": "stop_when_done_cancelled",
+                    "kind": "server",
+                    "id": "",
+                    "reason": "a user cancelled it",
+                    "rule": "stop_when_done",
                 }
             )
         return cancelled

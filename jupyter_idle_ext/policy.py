@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# how long after nothing works any more "stop when done" stops the server, when shutdown_warning
+# (which it uses otherwise) is 0
+STOP_WHEN_DONE_DELAY = 60.0
+
 # how long a dead kernel stays listed before it is removed: a client that started it (a kernel
 # that failed to start, say) can still read its model and tell the user why it is gone
 DEAD_KERNEL_GRACE = 10.0
@@ -102,6 +106,8 @@ class Snapshot:
     keepalive_until: float | None = None
     # what the last activity was, for people ("notes.md saved", "kernel 3f2a5b1c")
     last_source: str | None = None
+    # when a user asked to stop the server once nothing works any more
+    stop_when_done: float | None = None
 
 
 @dataclass(frozen=True)
@@ -314,7 +320,9 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
     now = snapshot.now
     idle = (("idle", snapshot.last_activity),)
     last = f", last activity: {snapshot.last_source}" if snapshot.last_source else ""
-    busy = working(snapshot, config) if config.server_idle_timeout > 0 else None
+    stop_when_done = snapshot.stop_when_done
+    watching = config.server_idle_timeout > 0 or stop_when_done is not None
+    busy = working(snapshot, config) if watching else None
     # (deadline, rule, template when it fires)
     candidates: list[tuple[float, str, str]] = []
     if config.max_server_age > 0:
@@ -339,6 +347,14 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             candidates.append(
                 (deadline, "server_idle_timeout", "idle {idle} >= server_idle_timeout {1}{2}")
             )
+    if stop_when_done is not None and busy is None:
+        # nothing works any more: stop a short while after it ended (or after the request)
+        done = max(stop_when_done, snapshot.last_activity) + (
+            config.shutdown_warning or STOP_WHEN_DONE_DELAY
+        )
+        if snapshot.keepalive_until is not None and snapshot.keepalive_until > done:
+            done = snapshot.keepalive_until
+        candidates.append((done, "stop_when_done", "stop when done: nothing worked for {idle}"))
     args: tuple[Any, ...] = (
         _seconds(config.max_server_age),
         _seconds(config.server_idle_timeout),
@@ -349,6 +365,8 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
         # braces in names (a process's command line) must not be read as fields
         template, since = busy
         keep = template.replace("{", "{{").replace("}", "}}").replace("{{busy}}", "{busy}")
+        if stop_when_done is not None:
+            keep += "; stops when it is done"
         clocks = (*clocks, ("busy", since))
     elif config.server_idle_timeout <= 0:
         keep = "server_idle_timeout is 0"
@@ -373,7 +391,9 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             args,
             clocks,
         )
-    if rule == "keepalive":
+    if rule == "stop_when_done":
+        template = "stop when done: nothing works, shutting down in {left}"
+    elif rule == "keepalive":
         template = "keep-alive in force, idle {idle}"
     elif rule == "server_idle_timeout":
         template = "idle {idle} of server_idle_timeout {1}{2}"

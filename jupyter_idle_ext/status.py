@@ -55,6 +55,7 @@ def build_status(
     hub_note: str,
     keepalive_cap: float,
     lost: dict[str, str] | None = None,
+    recent: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     def iso(monotonic: float | None) -> str | None:
         return None if monotonic is None else tracker.isoformat(monotonic)
@@ -151,6 +152,15 @@ def build_status(
         },
         "keepalive": keepalive,
         "keepalive_cap_seconds": keepalive_cap,
+        "stop_when_done": None
+        if snapshot.stop_when_done is None
+        else {
+            "since": iso(snapshot.stop_when_done),
+            # what it waits for, or None when nothing works and the shutdown is planned
+            "waiting_for": None if server.rule == "stop_when_done" else server.reason_at(now),
+        },
+        # the latest actions, newest first (a kernel culled, a warning, a keep-alive)
+        "recent": recent or [],
         "kernels": kernels,
         "terminals": terminals,
         "sources": sources,

@@ -1,0 +1,130 @@
+"""S17, "stop when done": during a long run the user asks to stop the server once it is over; it
+stops shutdown_warning seconds after the run ends instead of server_idle_timeout later (the hour
+of an idle GPU after an overnight run). Real servers and a real 40 s cell; the endpoint's
+refusals in-process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from servers import TOKEN, ServerProcess, execute_over_zmq, wait_until
+from tornado.httpclient import HTTPClientError
+
+pytestmark = pytest.mark.timeout(180)
+
+WARNING = 5
+
+
+def run_cell_in_background(server: ServerProcess, kernel_id: str, code: str) -> dict[str, float]:
+    """Run a cell over ZMQ in a thread; the returned dict gets "ended" when it is done."""
+    wait_until(lambda: server.connection_file(kernel_id).exists(), 30)
+    times: dict[str, float] = {}
+
+    def run() -> None:
+        reply = execute_over_zmq(server.connection_file(kernel_id), code, timeout=120)
+        assert reply["content"]["status"] == "ok"
+        times["ended"] = time.monotonic()
+
+    threading.Thread(target=run, daemon=True).start()
+    return times
+
+
+def cli(server: ServerProcess, *args: str) -> str:
+    """`jupyter idle stop-when-done`, as the user at the server runs it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_idle_ext.cli",
+            "stop-when-done",
+            f"--url={server.url}",
+            f"--token={TOKEN}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+
+
+def test_the_server_stops_shortly_after_the_run_ends(start_server: Any) -> None:
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=600",
+        f"--IdleExtension.shutdown_warning={WARNING}",
+        "--IdleExtension.cull_idle_timeout=600",
+    )
+    kernel_id = server.start_kernel()
+    cell = run_cell_in_background(server, kernel_id, "import time; time.sleep(40)")
+
+    def busy() -> bool:
+        kernels = server.request("GET", "/api/idle")[1]["kernels"]
+        return any(k["execution_state"] == "busy" for k in kernels)
+
+    wait_until(busy, 20)
+    said = cli(server)
+    assert f"stops {WARNING:g} s after nothing works any more" in said, said
+    _, doc = server.request("GET", "/api/idle")
+    assert doc["stop_when_done"]["since"].endswith("Z")
+    assert "busy" in doc["stop_when_done"]["waiting_for"], doc["stop_when_done"]
+    assert doc["server"]["shutdown_at"] is None, "nothing is planned while the cell runs"
+    while "ended" not in cell:
+        assert server.running, "stopped before the run was done"
+        time.sleep(0.5)
+    assert server.wait_exit(WARNING + 20) == 0
+    after = time.monotonic() - cell["ended"]
+    assert after <= WARNING + 4, after
+    log = server.log()
+    assert "Stop when done: the server shuts down 5 s after nothing works any more." in log
+    assert "The server will shut down at" in log and "stop_when_done" in log
+    assert "Shutting down the server: stop when done: nothing worked for 5 s" in log
+
+
+def test_cancelled_it_waits_for_the_usual_timeout(start_server: Any) -> None:
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=16",
+        "--IdleExtension.shutdown_warning=3",
+        "--IdleExtension.cull_idle_timeout=600",
+    )
+    kernel_id = server.start_kernel()
+    cell = run_cell_in_background(server, kernel_id, "import time; time.sleep(4)")
+    cli(server)
+    assert "cancelled" in cli(server, "--cancel")
+    assert "was not asked for" in cli(server, "--cancel")
+    wait_until(lambda: "ended" in cell, 30)
+    time.sleep(3 + 4)
+    assert server.running, "stopped when done although that was cancelled"
+    _, doc = server.request("GET", "/api/idle")
+    assert doc["stop_when_done"] is None and doc["server"]["rule"] == "server_idle_timeout"
+    assert server.wait_exit(30) == 0
+    assert 16 - 1 <= time.monotonic() - cell["ended"] <= 16 + 4
+    log = server.log()
+    assert "Stop when done cancelled" in log
+    actions = [e["action"] for e in doc["recent"]]
+    assert actions[:2] == ["stop_when_done_cancelled", "stop_when_done_requested"], actions
+
+
+async def test_stop_when_done_refuses_bodies_and_strangers(
+    idle_app: Any, jp_fetch: Any, http_server_client: Any
+) -> None:
+    for body, code in (('{"seconds": 5}', 400), ("x" * 5000, 413), ("not json", 400)):
+        with pytest.raises(HTTPClientError) as e:
+            await jp_fetch("api", "idle", "stop-when-done", method="POST", body=body)
+        assert e.value.code == code, (body[:20], e.value)
+    assert idle_app.tracker.stop_when_done is None
+    for method, body in (("POST", "{}"), ("DELETE", None)):
+        with pytest.raises(HTTPClientError) as e:
+            await http_server_client.fetch(
+                "/a%40b/api/idle/stop-when-done", method=method, body=body
+            )
+        assert e.value.code == 403
+    r = await jp_fetch("api", "idle", "stop-when-done", method="POST", body="{}")
+    assert json.loads(r.body)["stop_when_done"]["delay"] == 60  # shutdown_warning is 0 here
+    r = await jp_fetch("api", "idle", "stop-when-done", method="DELETE")
+    assert json.loads(r.body) == {"cancelled": True}
