@@ -1,48 +1,71 @@
-"""`jupyter idle status`: the status endpoint explained in a terminal, for admins.
+"""`jupyter idle`: the status endpoint explained in a terminal, "stop when done", and a hub-wide view.
 
-Finds the running servers of this user (as `jupyter server list` does) or takes ``--url`` and
-``--token``, and prints what each server, kernel and terminal is doing and what will happen.
-Reading the status is never activity.
+    jupyter idle status [--url URL --token TOKEN] [--json]
+    jupyter idle stop-when-done [--cancel] [--url URL --token TOKEN]
+    jupyter idle hub-status [--hub-url URL --token TOKEN --public-url URL] [--json]
+
+``status`` and ``stop-when-done`` find the running servers of this user (as `jupyter server list`
+does) or take ``--url`` and ``--token``. ``hub-status`` lists every running server of every user
+of a JupyterHub (named servers too), read through the proxy from each server's ``api/idle`` with
+an admin token (``$JUPYTERHUB_API_URL`` and ``$JUPYTERHUB_API_TOKEN`` as a Hub service gets them).
+Reading a status is never activity.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+# scopes hub-status needs, for the error message and the README's role
+HUB_SCOPES = ["list:users", "read:users", "read:servers", "access:servers"]
+
+
+def _request(
+    method: str, url: str, token: str, body: bytes | None = None, timeout: float = 10
+) -> Any:
+    request = urllib.request.Request(url, data=body, method=method)
+    if token:
+        request.add_header("Authorization", f"token {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
 
 
 def fetch_status(url: str, token: str, timeout: float = 10) -> dict[str, Any]:
-    request = urllib.request.Request(url.rstrip("/") + "/api/idle")
-    if token:
-        request.add_header("Authorization", f"token {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return dict(json.loads(response.read()))
+    return dict(_request("GET", url.rstrip("/") + "/api/idle", token, timeout=timeout))
 
 
-def _seconds(value: float | None) -> str:
+def duration(value: float | None) -> str:
+    """Seconds as a person says them: "45 s", "12 min", "2 h 03 min"."""
     if value is None:
         return "-"
-    value = float(value)
-    if value >= 3600:
-        return f"{value / 3600:.1f} h"
-    if value >= 120:
-        return f"{value / 60:.0f} min"
-    return f"{value:.0f} s"
+    seconds = round(float(value))
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def explain(doc: dict[str, Any]) -> str:
     """The status document as lines a person reads."""
     server = doc["server"]
-    lines = [f"  last activity {doc['last_activity']} ({_seconds(doc['idle_seconds'])} ago)"]
+    lines = [f"  last activity {doc['last_activity']} ({duration(doc['idle_seconds'])} ago)"]
     if server["action"] == "shutdown":
         lines.append(f"  shutting down now: {server['reason']}")
     elif server["shutdown_at"]:
         lines.append(
-            f"  shuts down at {server['shutdown_at']} (in {_seconds(server['seconds_to_shutdown'])}),"
+            f"  shuts down at {server['shutdown_at']} (in {duration(server['seconds_to_shutdown'])}),"
             f" rule {server['rule']}: {server['reason']}"
         )
     else:
@@ -51,6 +74,8 @@ def explain(doc: dict[str, Any]) -> str:
         lines.append(f"  WARNING in force: shutdown at {server['warning']['shutdown_at']}")
     if doc["keepalive"]:
         lines.append(f"  keep-alive until {doc['keepalive']['until']}")
+    if doc.get("stop_when_done"):
+        lines.append(f"  stop when done, asked at {doc['stop_when_done']['since']}")
     for kernel in doc["kernels"]:
         when = f", culled at {kernel['cull_at']}" if kernel["cull_at"] else ""
         lines.append(
@@ -74,6 +99,36 @@ def explain(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def keeps(doc: dict[str, Any]) -> str:
+    """What keeps a server, or when it stops, in a few words: "kernel busy 3 h 00 min",
+    "process `python train.py` working 12 min", "idle 48 min, stops in 12 min"."""
+    server = doc["server"]
+    if server["action"] == "shutdown":
+        return "shutting down now"
+    busy = [k for k in doc["kernels"] if k.get("busy_seconds") is not None]
+    if server["rule"] is None and busy:
+        longest = max(busy, key=lambda k: k["busy_seconds"])
+        return f"kernel busy {duration(longest['busy_seconds'])}"
+    working = [s for s in doc.get("sources", []) if s.get("busy_seconds") is not None]
+    if server["rule"] is None and working:
+        longest = max(working, key=lambda s: s["busy_seconds"])
+        what = f"process `{longest['name']}`" if longest["kind"] == "process" else longest["name"]
+        return f"{what} working {duration(longest['busy_seconds'])}"
+    if server["rule"] is None:
+        return str(server["reason"])
+    if server["rule"] == "keepalive" and doc.get("keepalive"):
+        return f"keep-alive until {doc['keepalive']['until']}"
+    when = f"stops in {duration(server['seconds_to_shutdown'])}"
+    if server["rule"] == "stop_when_done":
+        return f"stop when done: nothing works, {when}"
+    if server["rule"] == "max_server_age":
+        return f"{when} (max_server_age)"
+    return f"idle {duration(doc['idle_seconds'])}, {when}"
+
+
+# -- status and stop-when-done --------------------------------------------------------------
+
+
 def _servers(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.url:
         return [(args.url, args.token or "")]
@@ -82,17 +137,7 @@ def _servers(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(info["url"], info.get("token", "")) for info in list_running_servers()]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="jupyter idle", description="Explain what jupyter_idle_ext will do and why."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="print the idle status of running servers")
-    status.add_argument("--url", help="a server's URL (default: every running server)")
-    status.add_argument("--token", help="the server's token (with --url)")
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
-    args = parser.parse_args(argv)
-
+def _each_server(args: argparse.Namespace, act: Any) -> int:
     servers = _servers(args)
     if not servers:
         print("No running Jupyter servers found.", file=sys.stderr)
@@ -100,21 +145,174 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for url, token in servers:
         try:
-            doc = fetch_status(url, token)
+            act(url, token)
         except urllib.error.HTTPError as e:
             print(f"{url}: HTTP {e.code} (is jupyter_idle_ext enabled there?)", file=sys.stderr)
             failed += 1
-            continue
         except OSError as e:
             print(f"{url}: {e}", file=sys.stderr)
             failed += 1
-            continue
+    return 1 if failed == len(servers) else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    def show(url: str, token: str) -> None:
+        doc = fetch_status(url, token)
         if args.json:
             print(json.dumps(doc, indent=2))
         else:
             print(f"Server {url}")
             print(explain(doc))
-    return 1 if failed == len(servers) else 0
+
+    return _each_server(args, show)
+
+
+def stop_when_done(args: argparse.Namespace) -> int:
+    def ask(url: str, token: str) -> None:
+        endpoint = url.rstrip("/") + "/api/idle/stop-when-done"
+        if args.cancel:
+            answer = _request("DELETE", endpoint, token)
+            said = "cancelled" if answer["cancelled"] else "was not asked for"
+            print(f"{url}: stop when done {said}")
+        else:
+            answer = _request("POST", endpoint, token, b"{}")["stop_when_done"]
+            print(
+                f"{url}: stops {answer['delay']:g} s after nothing works any more "
+                f"(asked at {answer['since']})"
+            )
+
+    return _each_server(args, ask)
+
+
+# -- hub-status -----------------------------------------------------------------------------
+
+
+def hub_rows(hub_url: str, token: str, public_url: str) -> list[dict[str, Any]]:
+    """One row per running server of every user: what keeps it, and when it stops."""
+    try:
+        users = _request("GET", f"{hub_url.rstrip('/')}/users?state=ready", token)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise SystemExit(
+                f"The Hub refused to list its users (HTTP {e.code}): the token needs an admin "
+                f"role with the scopes {', '.join(HUB_SCOPES)}."
+            ) from None
+        raise
+    servers = [
+        (user["name"], name, server)
+        for user in users
+        for name, server in (user.get("servers") or {}).items()
+        if server.get("ready")
+    ]
+
+    def row(item: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+        user, name, server = item
+        url = public_url.rstrip("/") + server["url"]
+        entry: dict[str, Any] = {
+            "user": user,
+            "server": name,
+            "url": url,
+            "hub_last_activity": server.get("last_activity"),
+        }
+        try:
+            doc = fetch_status(url, token, timeout=5)
+        except urllib.error.HTTPError as e:
+            entry["state"] = (
+                "no jupyter_idle_ext"
+                if e.code == 404
+                else f"refused (HTTP {e.code}): the token needs access:servers"
+                if e.code in (401, 403)
+                else f"HTTP {e.code}"
+            )
+            return entry
+        except OSError as e:
+            entry["state"] = f"not answering ({e})"
+            return entry
+        entry.update(
+            state="ok",
+            last_activity=doc["last_activity"],
+            keeps=keeps(doc),
+            shutdown_at=doc["server"]["shutdown_at"],
+        )
+        return entry
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(row, servers))
+
+
+def hub_status(args: argparse.Namespace) -> int:
+    hub_url = args.hub_url or os.environ.get("JUPYTERHUB_API_URL", "")
+    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    if not hub_url or not token:
+        print(
+            "hub-status needs the Hub's API URL and an admin token: --hub-url and --token, or "
+            "$JUPYTERHUB_API_URL and $JUPYTERHUB_API_TOKEN.",
+            file=sys.stderr,
+        )
+        return 2
+    public_url = args.public_url or os.environ.get("JUPYTERHUB_PUBLIC_URL", "")
+    if not public_url:
+        # the Hub's API behind the same proxy as the servers: https://hub.example.org/hub/api
+        parts = urllib.parse.urlsplit(hub_url)
+        public_url = f"{parts.scheme}://{parts.netloc}"
+    rows = hub_rows(hub_url, token, public_url)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("No running servers.")
+        return 0
+    table = [("user", "server", "last activity", "what keeps it / when it stops", "shutdown at")]
+    for r in rows:
+        if r["state"] != "ok":
+            table.append((r["user"], r["server"] or "(default)", "-", r["state"], "-"))
+            continue
+        table.append(
+            (
+                r["user"],
+                r["server"] or "(default)",
+                r["last_activity"] or "-",
+                r["keeps"],
+                r["shutdown_at"] or "-",
+            )
+        )
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jupyter idle", description="Explain what jupyter_idle_ext will do and why."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help in (
+        ("status", "print the idle status of running servers"),
+        ("stop-when-done", "stop the server shortly after nothing works any more"),
+    ):
+        command = sub.add_parser(name, help=help)
+        command.add_argument("--url", help="a server's URL (default: every running server)")
+        command.add_argument("--token", help="the server's token (with --url)")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the raw status JSON")
+        else:
+            command.add_argument("--cancel", action="store_true", help="cancel it")
+    hub = sub.add_parser("hub-status", help="every running server of a JupyterHub, one row each")
+    hub.add_argument("--hub-url", help="the Hub's API URL (default: $JUPYTERHUB_API_URL)")
+    hub.add_argument("--token", help="an admin token (default: $JUPYTERHUB_API_TOKEN)")
+    hub.add_argument(
+        "--public-url",
+        help="where the proxy serves the users' servers (default: $JUPYTERHUB_PUBLIC_URL, "
+        "else the Hub API URL's scheme and host)",
+    )
+    hub.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    if args.command == "status":
+        return status(args)
+    if args.command == "stop-when-done":
+        return stop_when_done(args)
+    return hub_status(args)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ from servers import free_port, on_ci, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: the token of a service with the role `jupyter idle hub-status` needs (README, Deploying)
+STATUS_TOKEN = "hub-idle-status-token-41d7"
+STATUS_SERVICE = "idle-status"
+
 #: the test driver's service token (the Hub REST API with admin-like scopes)
 DRIVER_TOKEN = "hub-test-driver-token-8c1e"
 DRIVER_SERVICE = "test-driver"
@@ -260,9 +264,15 @@ class Hub:
             f"--ServerApp.jpserver_extensions={{'jupyter_idle_ext': {self.extension}}}",
             *args,
         ]
-        services: list[dict[str, Any]] = [{"name": DRIVER_SERVICE, "api_token": DRIVER_TOKEN}]
+        from jupyter_idle_ext.cli import HUB_SCOPES
+
+        services: list[dict[str, Any]] = [
+            {"name": DRIVER_SERVICE, "api_token": DRIVER_TOKEN},
+            {"name": STATUS_SERVICE, "api_token": STATUS_TOKEN},
+        ]
         roles: list[dict[str, Any]] = [
-            {"name": "test-driver", "scopes": DRIVER_SCOPES, "services": [DRIVER_SERVICE]}
+            {"name": "test-driver", "scopes": DRIVER_SCOPES, "services": [DRIVER_SERVICE]},
+            {"name": "idle-status", "scopes": HUB_SCOPES, "services": [STATUS_SERVICE]},
         ]
         if self.culler is not None:
             culler_args = [f"--{k.replace('_', '-')}={v}" for k, v in self.culler.items()]

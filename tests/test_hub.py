@@ -8,14 +8,18 @@ same situations without the extension.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
-from hub import SELF_STOP_SERVER_TOKEN_SCOPES, Hub, hub_factory, utcnow
+from hub import SELF_STOP_SERVER_TOKEN_SCOPES, STATUS_TOKEN, Hub, hub_factory, utcnow
 from servers import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -140,3 +144,84 @@ def test_named_server_reports_under_its_name_and_idle_makes_no_posts(
     wait_until(lambda: hub.count_activity_posts("carol", "gpu") > posts, INTERVAL * 3)
     stored_again = hub.last_activity("carol", "gpu")
     assert stored_again is not None and stored_again > resumed - timedelta(seconds=2)
+
+
+def hub_status(hub: Hub, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`jupyter idle hub-status` as an admin runs it, from the Hub's environment."""
+    env = {
+        **os.environ,
+        "JUPYTERHUB_API_URL": hub.api_url,
+        "JUPYTERHUB_API_TOKEN": token,
+        "JUPYTERHUB_PUBLIC_URL": hub.url,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "jupyter_idle_ext.cli", "hub-status", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# carol's server runs without jupyter_idle_ext
+WITHOUT_EXTENSION_FOR_CAROL = """
+def _without_extension(spawner):
+    if spawner.user.name == "carol":
+        spawner.args = [
+            a.replace("'jupyter_idle_ext': True", "'jupyter_idle_ext': False") for a in spawner.args
+        ]
+c.Spawner.pre_spawn_hook = _without_extension
+"""
+
+
+def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
+    start_hub: Callable[..., Hub],
+) -> None:
+    """Two users, one with a named server: a busy one and an idle one, one row each; a third
+    user's server without the extension is listed as such; a token without the admin scopes
+    gets a clear error."""
+    hub = start_hub(
+        environment=idle_env(server_idle_timeout=600, cull_idle_timeout=600),
+        last_activity_interval=0,
+        extra_config=WITHOUT_EXTENSION_FOR_CAROL,
+    )
+    for user in ("alice", "bob", "carol"):
+        hub.create_user(user)
+    hub.request_start("alice")
+    hub.request_start("bob", "gpu")
+    hub.request_start("carol")
+    hub.wait_ready("alice")
+    hub.wait_ready("bob", "gpu")
+    hub.wait_ready("carol")
+    cell = hub.execute("alice", "import time; time.sleep(30)", wait=False)
+    hub.execute("bob", "x = 1", server_name="gpu")
+
+    def rows() -> list[dict[str, Any]]:
+        out = hub_status(hub, STATUS_TOKEN, "--json")
+        assert out.returncode == 0, out.stderr
+        return list(json.loads(out.stdout))
+
+    found = wait_until(
+        lambda: (r := rows()) and any("kernel busy" in x.get("keeps", "") for x in r) and r, 30
+    )
+    by_user = {(r["user"], r["server"]): r for r in found}
+    assert set(by_user) == {("alice", ""), ("bob", "gpu"), ("carol", "")}, found
+    assert by_user[("carol", "")]["state"] == "no jupyter_idle_ext", found
+    assert by_user[("alice", "")]["keeps"].startswith("kernel busy"), found
+    assert by_user[("alice", "")]["shutdown_at"] is None
+    idle = by_user[("bob", "gpu")]["keeps"]
+    assert idle.startswith("idle ") and "stops in" in idle, idle
+    assert by_user[("bob", "gpu")]["shutdown_at"].endswith("Z")
+    table = hub_status(hub, STATUS_TOKEN)
+    assert table.returncode == 0, table.stderr
+    print(table.stdout)  # the README's example
+    assert "alice" in table.stdout and "(default)" in table.stdout and "gpu" in table.stdout
+    assert "kernel busy" in table.stdout and "stops in" in table.stdout
+    assert "no jupyter_idle_ext" in table.stdout
+
+    # a user's own token may not list the Hub's users: one clear line, no traceback
+    refused = hub_status(hub, hub.user_token("bob"))
+    assert refused.returncode != 0
+    assert "needs an admin role with the scopes" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
+    cell.wait(60)
