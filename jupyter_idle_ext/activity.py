@@ -19,7 +19,13 @@ from typing import Any, Callable
 
 from jupyter_core.utils import ensure_async
 
-from .compat import Capabilities, guard_iopub_watcher, kernel_connections, pty_read_hook
+from .compat import (
+    Capabilities,
+    guard_iopub_watcher,
+    kernel_connections,
+    local_process,
+    pty_read_hook,
+)
 from .policy import KernelState, Snapshot, SourceState, TerminalState
 
 Clock = Callable[[], float]
@@ -230,6 +236,10 @@ class KernelWatcher:
         self._attached: dict[str, Any] = {}
         # when each kernel's process was first seen dead
         self._dead_since: dict[str, float] = {}
+        # per kernel: its kernelspec's cull_idle_timeout (read once), and its last KernelState
+        # with what it was built from (a check rebuilds only the states that changed)
+        self._overrides: dict[str, float | None] = {}
+        self._states: dict[str, tuple[tuple[Any, ...], KernelState]] = {}
         # guard jupyter_server's IOPub watcher on every (re)start of watching
         original = getattr(kernel_manager, "start_watching_activity", None)
         self._original_start_watching = original
@@ -286,10 +296,29 @@ class KernelWatcher:
         if hasattr(kernel, "add_restart_callback"):
             kernel.add_restart_callback(on_restart, "restart")
         self._attached[kernel_id] = (kernel, on_activity, on_state, on_restart)
+        self._overrides[kernel_id] = self._timeout_override(kernel, record.name)
+
+    def _timeout_override(self, kernel: Any, name: str) -> float | None:
+        """The kernelspec's ``metadata.cull_idle_timeout``, if it sets one."""
+        spec = getattr(kernel, "kernel_spec", None)
+        metadata = getattr(spec, "metadata", None) or {}
+        if "cull_idle_timeout" not in metadata:
+            return None
+        try:
+            return max(0.0, float(metadata["cull_idle_timeout"]))
+        except (TypeError, ValueError):
+            self.log.warning(
+                "Ignoring kernelspec %r metadata.cull_idle_timeout=%r: not a number",
+                name,
+                metadata["cull_idle_timeout"],
+            )
+            return None
 
     def _detach(self, kernel_id: str) -> None:
         kernel, on_activity, on_state, on_restart = self._attached.pop(kernel_id)
         self._dead_since.pop(kernel_id, None)
+        self._overrides.pop(kernel_id, None)
+        self._states.pop(kernel_id, None)
         try:
             kernel.unobserve(on_activity, names=["last_activity"])
             kernel.unobserve(on_state, names=["execution_state"])
@@ -310,7 +339,11 @@ class KernelWatcher:
         self.sync()
         for kernel_id, (kernel, *_) in list(self._attached.items()):
             try:
-                alive = await self._is_alive(kernel)
+                process = local_process(kernel)
+                if process is not None and getattr(kernel, "execution_state", None) != "dead":
+                    alive = process.poll() is None
+                else:
+                    alive = await self._is_alive(kernel)
             except Exception as e:
                 self.log.debug("Could not poll kernel %s: %s", kernel_id, e)
                 alive = True
@@ -341,35 +374,38 @@ class KernelWatcher:
     def states(self) -> tuple[KernelState, ...]:
         states = []
         connections = self.connections
-        for kernel_id, (kernel, *_) in self._attached.items():
-            record = self.tracker.records.get(("kernel", kernel_id))
+        records = self.tracker.records
+        built = self._states
+        for kernel_id in self._attached:
+            record = records.get(("kernel", kernel_id))
             if record is None:
                 continue
-            override = None
-            spec = getattr(kernel, "kernel_spec", None)
-            metadata = getattr(spec, "metadata", None) or {}
-            if "cull_idle_timeout" in metadata:
-                try:
-                    override = max(0.0, float(metadata["cull_idle_timeout"]))
-                except (TypeError, ValueError):
-                    self.log.warning(
-                        "Ignoring kernelspec %r metadata.cull_idle_timeout=%r: not a number",
-                        record.name,
-                        metadata["cull_idle_timeout"],
-                    )
-            states.append(
-                KernelState(
-                    id=kernel_id,
-                    name=record.name,
-                    last_activity=record.last_activity,
-                    busy_since=record.busy_since,
-                    connections=connections(kernel_id),
-                    dead_since=self._dead_since.get(kernel_id),
-                    computing_since=record.computing_since,
-                    computing=record.computing,
-                    timeout_override=override,
-                )
+            key = (
+                record.name,
+                record.last_activity,
+                record.busy_since,
+                connections(kernel_id),
+                self._dead_since.get(kernel_id),
+                record.computing_since,
+                record.computing,
             )
+            previous = built.get(kernel_id)
+            if previous is not None and previous[0] == key:
+                states.append(previous[1])
+                continue
+            state = KernelState(
+                id=kernel_id,
+                name=key[0],
+                last_activity=key[1],
+                busy_since=key[2],
+                connections=key[3],
+                dead_since=key[4],
+                computing_since=key[5],
+                computing=key[6],
+                timeout_override=self._overrides.get(kernel_id),
+            )
+            built[kernel_id] = (key, state)
+            states.append(state)
         return tuple(states)
 
 

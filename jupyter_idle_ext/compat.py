@@ -18,6 +18,14 @@ from typing import Any, Callable
 
 from jupyter_server.extension.manager import ExtensionManager
 
+try:  # what a local kernel's is_alive does, read directly where it is exactly that
+    from jupyter_client.manager import AsyncKernelManager as _AsyncKernelManager
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner as _LocalProvisioner
+
+    _LOCAL_POLL = callable(getattr(_LocalProvisioner, "poll", None))
+except ImportError:  # pragma: no cover - jupyter_client always has them since 7.1
+    _LOCAL_POLL = False
+
 KernelConnections = Callable[[str], "int | None"]
 
 
@@ -64,6 +72,20 @@ def kernel_connections(km: Any, capabilities: Capabilities) -> KernelConnections
         "every kernel counts as connected, so with cull_connected off none is culled",
     )
     return lambda kernel_id: None
+
+
+def local_process(kernel: Any) -> Any:
+    """The ``subprocess.Popen`` of a kernel that jupyter_client runs as a local process, whose
+    ``poll()`` is what ``AsyncKernelManager.is_alive`` ends in (without its two coroutines:
+    the check at 1,000 kernels polls each one); None for any other kernel (remote, a custom
+    provisioner or kernel manager, not started), which is polled through ``is_alive``."""
+    if not _LOCAL_POLL or type(getattr(kernel, "provisioner", None)) is not _LocalProvisioner:
+        return None
+    if getattr(type(kernel), "is_alive", None) is not _AsyncKernelManager.is_alive:
+        return None
+    if not getattr(kernel, "owns_kernel", True):
+        return None
+    return kernel.provisioner.process
 
 
 def guard_iopub_watcher(kernel: Any, kernel_id: str, log: Any, capabilities: Capabilities) -> None:

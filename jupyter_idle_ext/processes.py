@@ -104,8 +104,9 @@ class Scanner:
     def __init__(self, marker: str, own_pid: int | None = None) -> None:
         self.marker = marker
         self.own_pid = own_pid if own_pid is not None else os.getpid()
-        # (pid, create time) -> ours or not, read once per process
+        # (pid, create time) -> ours or not, and the command line of ours: read once per process
         self._ours: dict[tuple[int, float], bool] = {}
+        self._commands: dict[tuple[int, float], str] = {}
 
     def _is_ours(self, proc: psutil.Process) -> bool:
         try:
@@ -132,16 +133,18 @@ class Scanner:
             if not ours:
                 continue
             try:
-                with proc.oneshot():
-                    times = proc.cpu_times()
-                    if key not in result.commands:
-                        result.commands[key] = short_command(proc.cmdline())
+                times = proc.cpu_times()
+                command = self._commands.get(key)
+                if command is None:
+                    command = self._commands[key] = short_command(proc.cmdline())
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
+            result.commands[key] = command
             cpu_time = times.user + times.system
             result.samples[key] = Sample(pid, ppid, cpu_time, time.monotonic())
         for key in set(self._ours) - alive:
             del self._ours[key]
+            self._commands.pop(key, None)
         result.took = time.monotonic() - started
         return result
 

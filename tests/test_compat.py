@@ -148,3 +148,44 @@ async def test_without_the_start_hook_the_extension_starts_itself(
     # nobody calls _start_jupyter_server_extension here: the callback scheduled at load does
     await wait_for(lambda: app.culler is not None, 10)
     await app.stop_extension()
+
+
+def _local_kernel(process: Any, owns: bool = True) -> Any:
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+    from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
+
+    kernel = ServerKernelManager(kernel_name="python3", owns_kernel=owns)
+    kernel.provisioner = LocalProvisioner(kernel_id="k", kernel_spec=None, connection_info={})
+    kernel.provisioner.process = process
+    return kernel
+
+
+async def test_a_local_kernel_is_polled_directly_and_says_what_is_alive_says() -> None:
+    """The check polls a local kernel's process itself (what is_alive ends in); anything else
+    (a custom provisioner, a kernel manager overriding is_alive) goes through is_alive."""
+    import subprocess
+
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        kernel = _local_kernel(process)
+        assert compat.local_process(kernel) is process
+        assert (process.poll() is None) is await kernel.is_alive() is True
+        process.kill()
+        process.wait()
+        assert (process.poll() is None) is await kernel.is_alive() is False
+
+        class Remote(LocalProvisioner):  # type: ignore[misc]
+            async def poll(self) -> int | None:
+                return None
+
+        remote = _local_kernel(process)
+        remote.provisioner = Remote(kernel_id="k", kernel_spec=None, connection_info={})
+        assert compat.local_process(remote) is None
+        assert compat.local_process(Kernel(provisioner=None)) is None
+        not_owned = _local_kernel(process, owns=False)
+        assert compat.local_process(not_owned) is None
+    finally:
+        process.kill()
+        process.wait()
