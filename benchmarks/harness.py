@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -108,17 +109,159 @@ def fmt_ratio(value: float) -> str:
 
 
 def verdict(ok: bool) -> str:
+    """For a goal that is a count or a yes/no (every kernel culled, 0 posts): no interval."""
     return "met" if ok else "missed"
 
 
-def noisy_verdict(r: float, goal: float, aa: float) -> str:
-    """A ratio's verdict; a miss by no more than two identical setups differ (the A/A ratio of
-    the same run) says so, since then the run cannot tell the extension's cost from noise."""
-    if within(r, goal):
+# -- confidence ----------------------------------------------------------------------------------
+
+RESAMPLES = 2000
+
+
+@dataclass
+class Estimate:
+    """A statistic of the samples, with its bootstrap 95 % interval (percentile method)."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def text(self, digits: int = 3) -> str:
+        if math.isnan(self.value):
+            return "n/a"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def bootstrap(
+    a: Sequence[float],
+    b: Sequence[float] | None = None,
+    stat: Callable[[Sequence[float]], float] = median,
+    seed: int = 1,
+    combine: Callable[[float, float], float] | None = None,
+) -> Estimate:
+    """``stat(a)``, or ``stat(a) / stat(b)`` with b (``combine(stat(a), stat(b))`` with
+    combine), and its bootstrap 95 % interval: each resample draws len(a) from a (and len(b)
+    from b) with replacement."""
+    join = combine or ratio
+    a = list(a)
+    b = None if b is None else list(b)
+    if not a or (b is not None and not b):
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    rng = random.Random(seed)
+
+    def value(x: Sequence[float], y: Sequence[float] | None) -> float:
+        return stat(x) if y is None else join(stat(x), stat(y))
+
+    draws = [
+        value(rng.choices(a, k=len(a)), None if b is None else rng.choices(b, k=len(b)))
+        for _ in range(RESAMPLES)
+    ]
+    # a resample whose baseline is 0 has no ratio: it is as far out as a ratio can be
+    draws = sorted(math.inf if math.isnan(d) else d for d in draws)
+    low = draws[int(0.025 * len(draws))]
+    high = draws[int(0.975 * len(draws)) - 1]
+    return Estimate(value(a, b), low, high, min(len(a), len(b or a)))
+
+
+def needed_samples(est: Estimate, goal: float) -> int:
+    """Samples for the interval to clear the goal, if the spread stays as it is (its half-width
+    shrinks as 1/sqrt(n))."""
+    half = (est.high - est.low) / 2
+    gap = abs(est.value - goal)
+    if gap == 0 or est.n == 0:
+        return 10**6
+    return max(est.n + 1, math.ceil(est.n * (half / gap) ** 2))
+
+
+def judge(est: Estimate, goal: float, aa: Estimate | None = None, digits: int = 3) -> str:
+    """ "met" when the whole interval is within the goal (an upper bound), "missed" when it is
+    all beyond it (and beyond where two identical setups fall, the A/A's interval), else
+    "unresolved": this run cannot tell."""
+    if math.isnan(est.value):
+        return "error"
+    if round(est.high, digits) <= goal:
         return "met"
-    if abs(r - 1) <= abs(aa - 1):
-        return "missed (within A/A noise)"
-    return "missed"
+    if est.low > goal and (aa is None or est.low > aa.high):
+        return "missed"
+    if est.low > goal:
+        return "unresolved (an A/A as far apart)"
+    needs = needed_samples(est, goal)
+    more = "more than 10,000" if needs > 10_000 else f"about {needs:,}"
+    return f"unresolved (needs {more} samples)"
+
+
+def compare_row(
+    bench: str,
+    measure: str,
+    ours: Sequence[float],
+    base: Sequence[float],
+    *,
+    compared: str = "extension off",
+    aa: Sequence[float] | None = None,
+    unit: str = "",
+    digits: int = 2,
+    goal: float | None = None,
+    stat: Callable[[Sequence[float]], float] = median,
+    added: bool = False,
+) -> Row:
+    """Ours against the compared setup: the statistic of each, the ratio with its interval, and
+    the A/A ratio (a second setup like the compared one, over the first) with its own. With
+    ``added``, the difference (ours minus theirs, in ``unit``) instead of the ratio."""
+    combine = (lambda x, y: x - y) if added else None
+    r = bootstrap(ours, base, stat, combine=combine)
+    text = f"added {r.text(digits)} {unit}" if added else r.text()
+    aa_est = None
+    if aa is not None:
+        aa_est = bootstrap(aa, base, stat, seed=2, combine=combine)
+        text += f" (A/A {aa_est.text(digits if added else 3)})"
+    row = Row(
+        bench,
+        measure,
+        fmt(stat(ours), digits, unit),
+        fmt(stat(base), digits, unit),
+        compared,
+        text,
+        "" if goal is None else (f"added <= {goal:g} {unit}" if added else f"ratio <= {goal:g}"),
+        "info" if goal is None else judge(r, goal, aa_est, digits=digits if added else 3),
+    )
+    row.values.update(
+        ours=list(ours),
+        base=list(base),
+        aa=None if aa is None else list(aa),
+        ratio=r.__dict__,
+        aa_ratio=None if aa_est is None else aa_est.__dict__,
+    )
+    return row
+
+
+def value_row(
+    bench: str,
+    measure: str,
+    samples: Sequence[float],
+    *,
+    unit: str = "",
+    digits: int = 2,
+    goal: float | None = None,
+    stat: Callable[[Sequence[float]], float] = median,
+    compared: str = "",
+    baseline: str = "",
+) -> Row:
+    """A figure of ours alone against an absolute goal (an upper bound), with its interval."""
+    est = bootstrap(samples, None, stat)
+    interval = f"{fmt(est.value, digits, unit)} [{fmt(est.low, digits)}, {fmt(est.high, digits)}]"
+    row = Row(
+        bench,
+        measure,
+        interval,
+        baseline,
+        compared,
+        "",
+        "" if goal is None else f"<= {goal:g} {unit}".strip(),
+        "info" if goal is None else judge(est, goal, digits=digits),
+    )
+    row.values.update(samples=list(samples), estimate=est.__dict__)
+    return row
 
 
 def within(value: float, goal: float, digits: int = 3) -> bool:
@@ -130,14 +273,22 @@ def within(value: float, goal: float, digits: int = 3) -> bool:
 
 
 def start_servers(
-    ctx: Context, name: str, specs: Sequence[tuple[bool, Sequence[str]]], timeout: float = 120
+    ctx: Context, name: str, specs: Sequence[tuple[Any, ...]], timeout: float = 120
 ) -> list[ServerProcess]:
-    """Start servers side by side (``(extension, args)`` each) and wait until all answer."""
+    """Start servers side by side (``(extension, args)`` each, or ``(extension, args,
+    launcher)`` for a script run instead of jupyter_server) and wait until all answer."""
     servers = []
-    for i, (extension, args) in enumerate(specs):
+    for i, (extension, args, *launcher) in enumerate(specs):
         root = ctx.scratch(f"{name}-{i}") / "root"
         root.mkdir(exist_ok=True)
-        servers.append(ServerProcess(root, extension=extension, args=tuple(args)))
+        servers.append(
+            ServerProcess(
+                root,
+                extension=extension,
+                args=tuple(args),
+                launcher=launcher[0] if launcher else None,
+            )
+        )
     try:
         for server in servers:
             server.wait_ready(timeout)

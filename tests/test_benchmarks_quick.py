@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ def _titles() -> list[str]:
 
 
 def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path: Path) -> None:
-    results_md = BENCHMARKS / "RESULTS.md"
-    before = results_md.read_bytes() if results_md.exists() else None
+    committed = [BENCHMARKS / "RESULTS.md", BENCHMARKS / "results.json", ROOT / "README.md"]
+    before = [path.read_bytes() if path.exists() else None for path in committed]
     report, data = tmp_path / "RESULTS.md", tmp_path / "results.json"
 
     proc = subprocess.run(
@@ -58,7 +59,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
     results = json.loads(data.read_text())
     rows = results["rows"]
     titles = _titles()
-    assert len(titles) == 8
+    assert len(titles) == 10
     assert {row["bench"] for row in rows} == set(titles), proc.stdout[-4000:]
 
     chp_missing = find_chp() is None
@@ -69,15 +70,28 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
         if row["verdict"] == "skipped":
             assert chp_missing and row["bench"] in HUB_BENCHMARKS, row
             continue
-        assert row["verdict"] in ("met", "missed", "missed (within A/A noise)", "info"), row
+        # every row with a goal has a verdict from its interval
+        if row["goal"]:
+            assert row["verdict"] in ("met", "missed") or row["verdict"].startswith(
+                "unresolved ("
+            ), row
+        else:
+            assert row["verdict"] == "info", row
         # a measured figure, not a placeholder
         assert row["ours"] and not row["ours"].startswith("n/a"), row
         assert row["values"], row
+        # ratios come with their 95 % interval (and the A/A's where there is one)
+        if row["ratio"] and "ratio <=" in row["goal"]:
+            assert re.match(r"^[\d.]+ \[[\d.]+, [\d.]+\]", row["ratio"]), row
 
     # the comparisons really ran: the compared setup has a figure where it was run
     compared = {row["bench"] for row in rows if row["baseline"] and row["ratio"]}
     assert {"1. Execute round trip", "2. Output flood", "3. Cull lateness"} <= compared
-    assert {"7. Footprint", "8. Scale of the loop"} <= compared
+    assert {"7. Footprint", "10. Documents and proxied apps"} <= compared
+    aa = {row["bench"] for row in rows if "(A/A " in row["ratio"]}
+    assert {"1. Execute round trip", "2. Output flood", "7. Footprint"} <= aa
+    # shutdown lateness has its stop-cost control
+    assert any("ours minus the control" in row["measure"] for row in rows)
 
     machine = results["machine"]
     for key in ("cpu", "cores", "ram_gib", "python", "jupyter_server", "jupyterhub", "ipykernel"):
@@ -89,6 +103,6 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
         assert f"| {title} |" in text, title
     assert "| benchmark | measure |" in proc.stdout
 
-    # quick mode never touches the committed results
-    after = results_md.read_bytes() if results_md.exists() else None
+    # quick mode never touches the committed results, nor the README's table made from them
+    after = [path.read_bytes() if path.exists() else None for path in committed]
     assert after == before
