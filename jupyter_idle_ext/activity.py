@@ -24,6 +24,7 @@ from .compat import (
     guard_iopub_watcher,
     kernel_connections,
     local_process,
+    polls_locally,
     pty_read_hook,
 )
 from .policy import KernelState, Snapshot, SourceState, TerminalState
@@ -218,6 +219,11 @@ class ActivityTracker:
         return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# a kernel's process is polled at most this often (its death is seen within this, far inside
+# the dead kernel's grace of policy.DEAD_KERNEL_GRACE)
+POLL_EVERY = 1.0
+
+
 class KernelWatcher:
     """Follows the kernels of a MappingKernelManager into an ActivityTracker."""
 
@@ -240,6 +246,10 @@ class KernelWatcher:
         # with what it was built from (a check rebuilds only the states that changed)
         self._overrides: dict[str, float | None] = {}
         self._states: dict[str, tuple[tuple[Any, ...], KernelState]] = {}
+        # per kernel: whether its process may be polled directly (compat.polls_locally), and
+        # when it was last polled
+        self._local: dict[str, bool] = {}
+        self._polled: dict[str, float] = {}
         # guard jupyter_server's IOPub watcher on every (re)start of watching
         original = getattr(kernel_manager, "start_watching_activity", None)
         self._original_start_watching = original
@@ -319,6 +329,8 @@ class KernelWatcher:
         self._dead_since.pop(kernel_id, None)
         self._overrides.pop(kernel_id, None)
         self._states.pop(kernel_id, None)
+        self._local.pop(kernel_id, None)
+        self._polled.pop(kernel_id, None)
         try:
             kernel.unobserve(on_activity, names=["last_activity"])
             kernel.unobserve(on_state, names=["execution_state"])
@@ -334,13 +346,28 @@ class KernelWatcher:
         if self._original_start_watching is not None:
             self.km.start_watching_activity = self._original_start_watching
 
-    async def refresh(self) -> None:
-        """Check which kernel processes are still alive (a cheap poll of each process)."""
+    async def refresh(self, every: bool = True) -> None:
+        """Check which kernel processes are still alive: a cheap poll of each process; without
+        ``every``, only of those not polled in the last POLL_EVERY seconds (a check at each of
+        many deadlines need not poll them all each time)."""
         self.sync()
+        local, polled = self._local, self._polled
+        now = self.tracker.clock()
+        if every:
+            polled.clear()
         for kernel_id, (kernel, *_) in list(self._attached.items()):
+            if getattr(kernel, "execution_state", None) == "dead":
+                self._dead_since.setdefault(kernel_id, now)
+                continue
+            if now - polled.get(kernel_id, -POLL_EVERY) < POLL_EVERY:
+                continue
+            polled[kernel_id] = now
             try:
-                process = local_process(kernel)
-                if process is not None and getattr(kernel, "execution_state", None) != "dead":
+                direct = local.get(kernel_id)
+                if direct is None:
+                    direct = local[kernel_id] = polls_locally(kernel)
+                process = local_process(kernel) if direct else None
+                if process is not None:
                     alive = process.poll() is None
                 else:
                     alive = await self._is_alive(kernel)
@@ -350,7 +377,7 @@ class KernelWatcher:
             if alive:
                 self._dead_since.pop(kernel_id, None)
             else:
-                self._dead_since.setdefault(kernel_id, self.tracker.clock())
+                self._dead_since.setdefault(kernel_id, now)
 
     @staticmethod
     async def _is_alive(kernel: Any) -> bool:

@@ -74,18 +74,25 @@ def kernel_connections(km: Any, capabilities: Capabilities) -> KernelConnections
     return lambda kernel_id: None
 
 
+def polls_locally(kernel: Any) -> bool:
+    """Whether a kernel's is_alive is jupyter_client's own (not a custom kernel manager's, and
+    the kernel is this server's to poll): then ``local_process`` may stand in for it."""
+    return (
+        _LOCAL_POLL
+        and getattr(type(kernel), "is_alive", None) is _AsyncKernelManager.is_alive
+        and bool(getattr(kernel, "owns_kernel", True))
+    )
+
+
 def local_process(kernel: Any) -> Any:
-    """The ``subprocess.Popen`` of a kernel that jupyter_client runs as a local process, whose
-    ``poll()`` is what ``AsyncKernelManager.is_alive`` ends in (without its two coroutines:
-    the check at 1,000 kernels polls each one); None for any other kernel (remote, a custom
-    provisioner or kernel manager, not started), which is polled through ``is_alive``."""
-    if not _LOCAL_POLL or type(getattr(kernel, "provisioner", None)) is not _LocalProvisioner:
+    """For a kernel that ``polls_locally``: the ``subprocess.Popen`` of its local process, whose
+    ``poll()`` is what ``AsyncKernelManager.is_alive`` ends in (without its two coroutines: the
+    check at 1,000 kernels polls each one); None for any other provisioner (remote, custom, not
+    started), which is polled through ``is_alive``."""
+    provisioner = getattr(kernel, "provisioner", None)
+    if type(provisioner) is not _LocalProvisioner:
         return None
-    if getattr(type(kernel), "is_alive", None) is not _AsyncKernelManager.is_alive:
-        return None
-    if not getattr(kernel, "owns_kernel", True):
-        return None
-    return kernel.provisioner.process
+    return provisioner.process
 
 
 def guard_iopub_watcher(kernel: Any, kernel_id: str, log: Any, capabilities: Capabilities) -> None:

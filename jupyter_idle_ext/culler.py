@@ -97,29 +97,35 @@ class IdleCuller:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        woken = True
         while True:
             # cleared before the snapshot: a wake-up that arrives during the check (a kernel
             # started meanwhile) makes the next check come at once instead of being lost
             self.tracker.changed.clear()
             next_check = self.tracker.clock() + self.config.cull_interval
             try:
-                plan = await self.check()
+                plan = await self.check(poll_all=woken)
                 next_check = plan.next_check
             except Exception:
                 self.log.exception("A check failed; the next one is at most cull_interval away")
             if self.stopping:
                 return
             delay = max(0.05, next_check - self.tracker.clock())
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(self.tracker.changed.wait(), delay)
+                woken = True
+            except asyncio.TimeoutError:
+                woken = False  # a deadline's check: kernels polled a moment ago are not again
 
     def take_snapshot(self) -> Snapshot:
         terminals = self.terminals.states() if self.terminals else ()
         return snapshot(self.tracker, self.kernels.states(), terminals)
 
-    async def check(self) -> Plan:
-        """One check: snapshot, decide, act, and publish the snapshot and plan for the readers."""
-        await self.kernels.refresh()
+    async def check(self, poll_all: bool = True) -> Plan:
+        """One check: snapshot, decide, act, and publish the snapshot and plan for the readers.
+        Without ``poll_all`` (a check at a deadline), a kernel whose process was polled within
+        the last second is not polled again."""
+        await self.kernels.refresh(every=poll_all)
         if self.terminals is not None:
             self.terminals.sync()
         # what the snapshot includes: nothing can happen between these two lines

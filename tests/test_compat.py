@@ -170,6 +170,7 @@ async def test_a_local_kernel_is_polled_directly_and_says_what_is_alive_says() -
     process = subprocess.Popen(["sleep", "30"])
     try:
         kernel = _local_kernel(process)
+        assert compat.polls_locally(kernel)
         assert compat.local_process(kernel) is process
         assert (process.poll() is None) is await kernel.is_alive() is True
         process.kill()
@@ -184,8 +185,47 @@ async def test_a_local_kernel_is_polled_directly_and_says_what_is_alive_says() -
         remote.provisioner = Remote(kernel_id="k", kernel_spec=None, connection_info={})
         assert compat.local_process(remote) is None
         assert compat.local_process(Kernel(provisioner=None)) is None
-        not_owned = _local_kernel(process, owns=False)
-        assert compat.local_process(not_owned) is None
+        assert not compat.polls_locally(Kernel(provisioner=None, is_alive=lambda: True))
+        assert not compat.polls_locally(_local_kernel(process, owns=False))
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_a_check_at_a_deadline_polls_a_kernel_at_most_once_a_second() -> None:
+    """Many deadlines, many checks: a kernel polled a moment ago is not polled again at a
+    deadline's check, but is at a check a wake-up asked for, and a second later anyway."""
+    import subprocess
+
+    from jupyter_idle_ext.activity import POLL_EVERY, KernelWatcher
+
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        kernel = _local_kernel(process)
+        km = SimpleNamespace(
+            list_kernel_ids=lambda: ["k"], get_kernel=lambda _: kernel, _kernel_connections={}
+        )
+        clock = [100.0]
+        tracker = ActivityTracker(clock=lambda: clock[0])
+        watcher = KernelWatcher(km, tracker, LOG)
+        await watcher.refresh(every=False)
+        assert watcher.states()[0].dead_since is None
+        process.kill()
+        process.wait()
+        await watcher.refresh(every=False)
+        assert watcher.states()[0].dead_since is None, "polled again within POLL_EVERY"
+        clock[0] += POLL_EVERY
+        await watcher.refresh(every=False)
+        assert watcher.states()[0].dead_since == clock[0]
+        # a wake-up's check polls whatever was polled last
+        other = subprocess.Popen(["sleep", "30"])
+        kernel.provisioner.process = other
+        await watcher.refresh(every=True)
+        assert watcher.states()[0].dead_since is None
+        other.kill()
+        other.wait()
+        await watcher.refresh(every=True)
+        assert watcher.states()[0].dead_since == clock[0]
     finally:
         process.kill()
         process.wait()
