@@ -167,7 +167,7 @@ class Saver:
 
 def document_saves(ctx: Context) -> list[Row]:
     """Server CPU per PUT /api/contents/<notebook>, extension on vs off (+A/A)."""
-    batches, batch, warmup = (4, 20, 10) if ctx.quick else (20, 50, 30)
+    batches, batch, warmup = (4, 20, 10) if ctx.quick else (40, 50, 30)
     # the notary's signatures in memory: three servers must not share (and write) the user's
     # nbsignatures.db, whose disk writes would land on all of them unevenly
     args = ("--NotebookNotary.db_file=:memory:",)
