@@ -217,7 +217,11 @@ run_pytest "main" python "not apps and not frontend" "$@"
 run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" "$@"
 # the installed wheel, not this checkout: pytest's own script does not put the working directory
 # first on sys.path, as `python -m pytest` does
-run_pytest "the installed wheel" "$WHEEL_VENV/bin/pytest" "frontend" "$@"
+(
+    # that venv's own scripts and Jupyter first, not .venv's
+    export VIRTUAL_ENV="$WHEEL_VENV" PATH="$WHEEL_VENV/bin:$PATH"
+    run_pytest "the installed wheel" "$WHEEL_VENV/bin/pytest" "frontend" "$@"
+)
 # a selection (arguments) is for the current versions only
 if [ -x "$OLDEST_VENV/bin/python" ] && [ "$#" -eq 0 ]; then
     run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \

@@ -43,7 +43,8 @@ INDICATOR = "#jupyter-idle-ext-indicator"
 
 def require_installed_frontend() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "jupyter", "labextension", "list"],
+        # this Python's own (``jupyter labextension`` would run whichever is first on PATH)
+        [sys.executable, "-m", "jupyterlab.labextensions", "list"],
         capture_output=True,
         text=True,
         timeout=60,
