@@ -34,6 +34,9 @@ import psutil
 from .activity import ActivityTracker
 
 ENV_MARKER = "JUPYTER_IDLE_SERVER_ID"
+# a process's command line is read once it is this old (seconds): before, it may be the shell
+# that forked it, about to exec the real program
+EXEC_SETTLED = 2.0
 # a scan taken this recently is fresh enough for a decision; a CPU share is measured over at
 # least this long (a scan right after another would measure a blip)
 FRESH = 1.0
@@ -136,7 +139,10 @@ class Scanner:
                 times = proc.cpu_times()
                 command = self._commands.get(key)
                 if command is None:
-                    command = self._commands[key] = short_command(proc.cmdline())
+                    command = short_command(proc.cmdline())
+                    # a process this young may not have exec'd its program yet: read it again
+                    if time.time() - created > EXEC_SETTLED:
+                        self._commands[key] = command
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
             result.commands[key] = command
@@ -401,7 +407,9 @@ def _lineage(
         if owner is not None:
             return owner, False
         if pid == server:
-            return None, True
+            # a server that is PID 1 (a container without an init) also adopts every orphan:
+            # a nohup job there cannot be told from a helper, so it counts (never kill work)
+            return None, server != 1
         pid = parents.get(pid, 0)
         seen += 1
     # its parent is gone (nohup, setsid, tmux): a job

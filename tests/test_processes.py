@@ -411,3 +411,15 @@ async def test_a_process_working_on_a_gpu_keeps_the_server() -> None:
         assert watcher.working() == []
     finally:
         proc.kill()
+
+
+def test_a_server_that_is_pid_1_counts_the_orphans_it_adopts() -> None:
+    """A process whose ancestry reaches the server is a helper of the server's, unless the
+    server is PID 1: in a container without an init it adopts every nohup job too."""
+    from jupyter_idle_ext.processes import _lineage
+
+    kernel = {200: ("kernel", "k")}
+    assert _lineage(300, {300: 200, 200: 100}, kernel, 100) == (("kernel", "k"), False)
+    assert _lineage(300, {300: 100}, kernel, 100) == (None, True)
+    assert _lineage(300, {300: 1}, kernel, 1) == (None, False)
+    assert _lineage(300, {300: 1}, kernel, 100) == (None, False)
