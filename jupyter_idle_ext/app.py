@@ -29,7 +29,7 @@ from .hub import HubEnvironment, HubReporter
 from .keepalive import Keepalive, StopWhenDone
 from .metrics import IDLE_SECONDS, SECONDS_TO_SHUTDOWN
 from .options import IdleOptions
-from .policy import STOP_WHEN_DONE_DELAY
+from .policy import stop_when_done_delay
 from .processes import ENV_MARKER, mark_environment
 from .shutdown import exit_promptly, exit_with, stop_server
 from .sources import Sources, start_sources
@@ -189,14 +189,13 @@ class IdleExtension(IdleOptions, ExtensionApp):
             self.sources.processes.stopping = culler.stopping_ids
         self.keepalive = Keepalive(
             self.tracker,
-            cap=self.max_keepalive,
             max_server_age=self.policy.max_server_age,
             emit=self.emit,
             log=self.log,
         )
         self.stop_when_done = StopWhenDone(
             self.tracker,
-            delay=self.policy.shutdown_warning or STOP_WHEN_DONE_DELAY,
+            delay=stop_when_done_delay(self.policy),
             emit=self.emit,
             log=self.log,
         )

@@ -14,18 +14,21 @@ from .activity import ActivityTracker
 from .metrics import KEEPALIVES
 
 
+def server_event(action: str, reason: str, rule: str, **more: Any) -> dict[str, Any]:
+    """An idle_actions event about the server (not a kernel or terminal)."""
+    return {"action": action, "kind": "server", "id": "", "reason": reason, "rule": rule, **more}
+
+
 class Keepalive:
     def __init__(
         self,
         tracker: ActivityTracker,
         *,
-        cap: float,
         max_server_age: float,
         emit: Callable[[dict[str, Any]], None],
         log: Any,
     ) -> None:
         self.tracker = tracker
-        self.cap = cap
         self.max_server_age = max_server_age
         self.emit = emit
         self.log = log
@@ -41,14 +44,9 @@ class Keepalive:
         )
         KEEPALIVES.labels("granted").inc()
         self.emit(
-            {
-                "action": "keepalive_granted",
-                "kind": "server",
-                "id": "",
-                "reason": f"a user asked for {seconds:g} s",
-                "rule": "keepalive",
-                "at": until,
-            }
+            server_event(
+                "keepalive_granted", f"a user asked for {seconds:g} s", "keepalive", at=until
+            )
         )
         return {"until": until, "seconds": seconds}
 
@@ -58,15 +56,7 @@ class Keepalive:
         if cancelled:
             self.log.warning("Keep-alive cancelled.")
             KEEPALIVES.labels("cancelled").inc()
-            self.emit(
-                {
-                    "action": "keepalive_cancelled",
-                    "kind": "server",
-                    "id": "",
-                    "reason": "a user cancelled it",
-                    "rule": "keepalive",
-                }
-            )
+            self.emit(server_event("keepalive_cancelled", "a user cancelled it", "keepalive"))
         return cancelled
 
 
@@ -91,13 +81,11 @@ class StopWhenDone:
                 self.delay,
             )
             self.emit(
-                {
-                    "action": "stop_when_done_requested",
-                    "kind": "server",
-                    "id": "",
-                    "reason": f"a user asked; {self.delay:g} s after nothing works any more",
-                    "rule": "stop_when_done",
-                }
+                server_event(
+                    "stop_when_done_requested",
+                    f"a user asked; {self.delay:g} s after nothing works any more",
+                    "stop_when_done",
+                )
             )
         assert self.tracker.stop_when_done is not None
         return {"since": self.tracker.isoformat(self.tracker.stop_when_done), "delay": self.delay}
@@ -107,12 +95,6 @@ class StopWhenDone:
         if cancelled:
             self.log.warning("Stop when done cancelled: the usual idle rules apply again.")
             self.emit(
-                {
-                    "action": "stop_when_done_cancelled",
-                    "kind": "server",
-                    "id": "",
-                    "reason": "a user cancelled it",
-                    "rule": "stop_when_done",
-                }
+                server_event("stop_when_done_cancelled", "a user cancelled it", "stop_when_done")
             )
         return cancelled

@@ -166,6 +166,11 @@ class Plan:
     reported_activity: float = 0.0
 
 
+def stop_when_done_delay(config: Any) -> float:
+    """Seconds after nothing works any more at which "stop when done" stops the server."""
+    return float(config.shutdown_warning or STOP_WHEN_DONE_DELAY)
+
+
 def _seconds(value: float) -> str:
     return f"{round(value)} s"
 
@@ -349,9 +354,7 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             )
     if stop_when_done is not None and busy is None:
         # nothing works any more: stop a short while after it ended (or after the request)
-        done = max(stop_when_done, snapshot.last_activity) + (
-            config.shutdown_warning or STOP_WHEN_DONE_DELAY
-        )
+        done = max(stop_when_done, snapshot.last_activity) + stop_when_done_delay(config)
         if snapshot.keepalive_until is not None and snapshot.keepalive_until > done:
             done = snapshot.keepalive_until
         candidates.append((done, "stop_when_done", "stop when done: nothing worked for {idle}"))

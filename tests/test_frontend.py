@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess, require
+from servers import TOKEN, ServerProcess, require, wait_until
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
 
@@ -183,8 +183,8 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
             text = dialog.inner_text()
             assert "Kernels" in text and "python3" in text and "The rule:" in text, text
             page.get_by_role("button", name="Stop when done").click()
-            _, doc = s.request("GET", "/api/idle")
-            assert doc["stop_when_done"] is not None, doc
+            asked = wait_until(lambda: s.request("GET", "/api/idle")[1]["stop_when_done"], 10)
+            assert asked["waiting_for"] is None, asked  # nothing works: it is due
             # nothing works: the warning comes at once, shutdown_warning before the stop
             page.get_by_text("Keep working (20 min)").first.wait_for(timeout=15_000)
             assert "you asked to stop when done" in page.locator(".Toastify").inner_text()
@@ -197,7 +197,8 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
             assert doc["keepalive"] is not None and doc["keepalive"]["seconds_left"] > 1100, doc
             page.wait_for_timeout(12_000)  # past the stop when done's deadline
             assert s.running, "stopped although the user asked to keep working"
-            assert doc["server"]["action"] == "keep"
+            _, doc = s.request("GET", "/api/idle")
+            assert doc["server"]["action"] == "keep" and doc["server"]["rule"] == "keepalive", doc
             browser.close()
     finally:
         s.stop()

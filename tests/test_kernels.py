@@ -30,6 +30,8 @@ async def test_idle_kernel_is_culled_at_its_timeout(idle_app: Any, jp_fetch: Any
     await run(client, "x = 1")
     client.stop_channels()
     ran = time.monotonic()
+    # on a real server (also the oldest jupyter_server we claim), nothing we borrow is missing
+    assert idle_app.capabilities.lost == {}, idle_app.capabilities.lost
     await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
     gone_after = time.monotonic() - ran
     # culled at cull_idle_timeout (3 s) after the last execution, not cull_interval (300 s) later

@@ -104,11 +104,14 @@ async def test_an_authorizer_that_denies_us_gets_403_from_every_endpoint(
         (("api", "idle"), "GET", None),
         (("api", "idle", "keepalive"), "POST", '{"seconds": 60}'),
         (("api", "idle", "keepalive"), "DELETE", None),
+        (("api", "idle", "stop-when-done"), "POST", "{}"),
+        (("api", "idle", "stop-when-done"), "DELETE", None),
     ):
         with pytest.raises(HTTPClientError) as e:
             await jp_fetch(*path, method=method, body=body)
         assert e.value.code == 403, (path, method)
     assert idle_app.tracker.keepalive_until is None
+    assert idle_app.tracker.stop_when_done is None
     # the rest of the server is not ours to refuse
     assert (await jp_fetch("api", "kernels", method="GET")).code == 200
 

@@ -79,7 +79,8 @@ def test_the_server_stops_shortly_after_the_run_ends(start_server: Any) -> None:
         time.sleep(0.5)
     assert server.wait_exit(WARNING + 20) == 0
     after = time.monotonic() - cell["ended"]
-    assert after <= WARNING + 4, after
+    # the warning's length after the run ended: not at once, not server_idle_timeout later
+    assert WARNING - 1 <= after <= WARNING + 4, after
     log = server.log()
     assert "Stop when done: the server shuts down 5 s after nothing works any more." in log
     assert "The server will shut down at" in log and "stop_when_done" in log
