@@ -77,6 +77,8 @@ class IdleCuller:
         self.plan: Plan | None = None
         self.generation = -1
         self._published = asyncio.Event()
+        # the config the published plan was decided with
+        self._decided_with: PolicyConfig | None = None
 
     def describe(self) -> str:
         """The effective policy in one line, for the start-up log."""
@@ -130,13 +132,22 @@ class IdleCuller:
             self.terminals.sync()
         # what the snapshot includes: nothing can happen between these two lines
         generation, snap = self.tracker.generation, self.take_snapshot()
-        plan = decide(snap, self.config)
+        # the last check's keeps carry over for the kernels that did not change (policy.decide)
+        previous = None
+        if (
+            self.snapshot is not None
+            and self.plan is not None
+            and self._decided_with is self.config
+        ):
+            previous = self.snapshot, self.plan
+        plan = decide(snap, self.config, previous)
         if self.processes is not None and _stops_something(plan):
             # a job that started since the last scan must not lose to the scan's phase
             await self.processes.sample(fresh=FRESH)
             generation, snap = self.tracker.generation, self.take_snapshot()
-            plan = decide(snap, self.config)
+            plan = decide(snap, self.config, previous)
         self.snapshot, self.plan, self.generation = snap, plan, generation
+        self._decided_with = self.config
         self._published.set()
         self._published = asyncio.Event()
         for decision in plan.kernels:

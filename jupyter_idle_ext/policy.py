@@ -420,10 +420,33 @@ def horizon(config: PolicyConfig, kernels: tuple[KernelState, ...] = ()) -> floa
     return min([config.cull_interval, *positive])
 
 
-def decide(snapshot: Snapshot, config: PolicyConfig) -> Plan:
-    """Decide about every kernel, terminal and the server, and when to look again."""
+def decide(
+    snapshot: Snapshot, config: PolicyConfig, previous: tuple[Snapshot, Plan] | None = None
+) -> Plan:
+    """Decide about every kernel, terminal and the server, and when to look again.
+
+    ``previous`` is an earlier check's snapshot and plan under the same ``config``: a kernel
+    whose state is the very object it was then (the watcher rebuilds a state only when
+    something about the kernel changed) keeps an earlier "keep" until that decision's deadline,
+    since the rules change a kernel's decision only at its deadline. Such a decision's ``now``
+    is the earlier check's; readers count durations with ``reason_at``.
+    """
     now = snapshot.now
-    kernels = tuple(decide_kernel(k, config, now) for k in snapshot.kernels)
+    if previous is None:
+        kernels = tuple(decide_kernel(k, config, now) for k in snapshot.kernels)
+    else:
+        kept = {
+            id(state): d
+            for state, d in zip(previous[0].kernels, previous[1].kernels)
+            if d.action == "keep"
+        }
+        decisions = []
+        for k in snapshot.kernels:
+            d = kept.get(id(k))
+            if d is None or (d.deadline is not None and now >= d.deadline):
+                d = decide_kernel(k, config, now)
+            decisions.append(d)
+        kernels = tuple(decisions)
     terminals = tuple(decide_terminal(t, config, now) for t in snapshot.terminals)
     server = decide_server(snapshot, config)
     upcoming = [

@@ -193,6 +193,41 @@ def test_kernel(
     assert_reason(d.reason, words)
 
 
+@pytest.mark.parametrize(
+    ("options", "state", "now", "action", "deadline", "rule", "words"), KERNELS
+)
+def test_a_decision_carried_over_from_an_earlier_check_is_a_fresh_one(
+    options: dict[str, Any],
+    state: dict[str, Any],
+    now: float,
+    action: str,
+    deadline: float | None,
+    rule: str,
+    words: tuple[str, ...],
+) -> None:
+    """decide(previous=...) reuses a keep for the same state object until its deadline."""
+    c = config(**options)
+    k = kernel(**state)
+    fresh = decide_kernel(k, c, T0 + now)
+    for earlier in (0.0, now / 2, now - 1, now - 1e-6, now):
+        before = snapshot(earlier, kernels=(k,))
+        previous = (before, decide(before, c))
+        carried = decide(snapshot(now, kernels=(k,)), c, previous).kernels[0]
+        assert (carried.action, carried.deadline, carried.rule) == (action, at(deadline), rule)
+        assert carried.reason_at(T0 + now) == fresh.reason_at(T0 + now), earlier
+
+
+def test_a_kernel_whose_state_changed_is_decided_afresh() -> None:
+    c = config()
+    idle = kernel(last=0)
+    before = snapshot(10, kernels=(idle,))
+    previous = (before, decide(before, c))
+    # the same kernel, now dead: a new state object, although its id is the same
+    dead = kernel(last=0, dead=10)
+    plan = decide(snapshot(30, kernels=(dead,)), c, previous)
+    assert (plan.kernels[0].action, plan.kernels[0].rule) == ("remove", "dead")
+
+
 def test_kernel_idle_is_time_since_last_activity() -> None:
     assert decide_kernel(kernel(last=10), config(), T0 + 130).idle == 120
     # a record newer than "now" (taken just after the snapshot) never yields negative idle time
