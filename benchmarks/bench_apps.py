@@ -2,8 +2,9 @@
 app, the two sources of activity that involve no kernel.
 
 - Document saves: JupyterLab's autosave PUTs the whole notebook to ``/api/contents/<path>``; with
-  the extension each save also reaches its contents_service listener and its wrapper of the
-  contents manager's ``save`` (``jupyter_idle_ext/documents.py``). Measured as server CPU per save.
+  the extension each save also passes its wrappers of the contents manager's ``emit`` (the
+  contents_service event) and ``save`` (``jupyter_idle_ext/documents.py``). Measured as server CPU
+  per save.
 - Proxied websocket: every client-to-app message through jupyter-server-proxy passes the
   extension's ``on_message`` observer (``jupyter_idle_ext/proxy.py``). Measured as the time a
   client takes to get 1,000 messages through the proxy to the stand-in app

@@ -2,23 +2,26 @@
 
 A person writing in JupyterLab executes nothing, yet works: the editor's autosave writes the
 document (only when it changed), and with real-time collaboration the server saves it itself.
-Both go through the contents manager, which emits jupyter_server's ``contents_service`` events;
-reads (``get``) never count, nor does any other request a tab makes (workspace PUTs, polling).
-A contents manager that emits no events (a third-party one overriding ``save``) is still
-covered: its write methods are wrapped on the instance, so a save counts either way.
+Both go through the contents manager, which emits jupyter_server's ``contents_service`` events
+through its own ``emit`` method; reads (``get``) never count, nor does any other request a tab
+makes (workspace PUTs, polling).
+
+The events are read where the contents manager emits them (its ``emit``, wrapped on the
+instance), not through a jupyter_events listener: with a listener for the schema, jupyter_events
+deep-copies and validates every contents event, each read of a polling tab included, a cost
+benchmark 10's save row showed (benchmarks/bench_apps.py). A contents manager that emits no
+events (a third-party one overriding ``save``) is still covered: its write methods are wrapped
+on the instance too, and count when the call emitted no write event of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 from typing import Any, Callable
 
 from .activity import ActivityTracker
 from .metrics import ACTIVITY
-
-CONTENTS_SCHEMA = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 # contents_service actions that write, and how a person reads them; "get" is not one
 WRITES = {
@@ -37,13 +40,14 @@ WRAPPED_DELETE = ("delete", "path")
 class DocumentWatcher:
     """Records document writes from the contents manager into an ActivityTracker."""
 
-    def __init__(self, contents_manager: Any, event_logger: Any, tracker: ActivityTracker) -> None:
+    def __init__(self, contents_manager: Any, tracker: ActivityTracker) -> None:
         self.cm = contents_manager
-        self.event_logger = event_logger
         self.tracker = tracker
         self._wrapped: list[str] = []
-        if event_logger is not None:
-            event_logger.add_listener(schema_id=CONTENTS_SCHEMA, listener=self._on_event)
+        # write events seen at the contents manager's emit: a write method whose call emitted
+        # one is not recorded a second time
+        self._emitted = 0
+        self._wrap_emit()
         for action, (method, argument) in (*WRAPPED.items(), ("delete", WRAPPED_DELETE)):
             self._wrap(method, argument, WRITES[action])
 
@@ -51,10 +55,21 @@ class DocumentWatcher:
         self.tracker.touch_document(path.strip("/") or "/", action)
         ACTIVITY.labels("document").inc()
 
-    async def _on_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
-        action = WRITES.get(data.get("action", ""))
-        if action is not None:
-            self.record(str(data.get("path", "")), action)
+    def _wrap_emit(self) -> None:
+        original = getattr(self.cm, "emit", None)
+        if original is None:
+            return
+
+        @functools.wraps(original)
+        def emit(*args: Any, **kwargs: Any) -> Any:
+            data = kwargs.get("data", args[0] if args else None)
+            if isinstance(data, dict) and data.get("action") in WRITES:
+                self._emitted += 1
+                self.record(str(data.get("path", "")), WRITES[data["action"]])
+            return original(*args, **kwargs)
+
+        self.cm.emit = emit
+        self._wrapped.append("emit")
 
     def _wrap(self, method: str, argument: str, action: str) -> None:
         original = getattr(self.cm, method, None)
@@ -62,7 +77,9 @@ class DocumentWatcher:
             return
         signature = inspect.signature(original)
 
-        def done(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def done(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any], before: int) -> None:
+            if self._emitted != before:
+                return  # the manager emitted its event (recorded at emit)
             # the model written says where (a copy without a target picks its own name)
             path = result.get("path") if isinstance(result, dict) else None
             if not isinstance(path, str):
@@ -77,8 +94,9 @@ class DocumentWatcher:
 
             @functools.wraps(original)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                before = self._emitted
                 result = await original(*args, **kwargs)
-                done(result, args, kwargs)
+                done(result, args, kwargs, before)
                 return result
 
             wrapper = async_wrapper
@@ -86,10 +104,11 @@ class DocumentWatcher:
 
             @functools.wraps(original)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                before = self._emitted
                 result = original(*args, **kwargs)
                 if inspect.isawaitable(result):
-                    return _then(result, lambda r: done(r, args, kwargs))
-                done(result, args, kwargs)
+                    return _then(result, lambda r: done(r, args, kwargs, before))
+                done(result, args, kwargs, before)
                 return result
 
             wrapper = sync_wrapper
@@ -101,12 +120,6 @@ class DocumentWatcher:
             # the wrapper is an instance attribute over the class's method
             self.cm.__dict__.pop(method, None)
         self._wrapped = []
-        if self.event_logger is not None:
-            # already removed, or a jupyter_events that cannot remove listeners
-            with contextlib.suppress(Exception):
-                self.event_logger.remove_listener(
-                    schema_id=CONTENTS_SCHEMA, listener=self._on_event
-                )
 
 
 async def _then(awaitable: Any, callback: Callable[[Any], None]) -> Any:

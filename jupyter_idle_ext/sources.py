@@ -40,8 +40,7 @@ def start_sources(
 ) -> Sources:
     sources = Sources()
     counted = ["kernels", "terminals" if terminals is not None else "no terminals"]
-    event_logger = getattr(serverapp, "event_logger", None)
-    sources.all.append(DocumentWatcher(serverapp.contents_manager, event_logger, tracker))
+    sources.all.append(DocumentWatcher(serverapp.contents_manager, tracker))
     counted.append("document writes")
     collaboration = collaboration_watcher(serverapp.web_app, tracker)
     if collaboration is not None:

@@ -7,20 +7,32 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 import pytest
 from conftest import wait_for
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
+from jupyter_idle_ext.metrics import ACTIVITY
+
 pytestmark = pytest.mark.timeout(60)
 
 
 class SilentContentsManager(AsyncLargeFileManager):  # type: ignore[misc]
-    """A contents manager that emits no contents_service events, as third-party ones may."""
+    """A contents manager whose writes emit no contents_service events, as third-party ones may
+    (they override the write methods and never call ``emit``)."""
 
-    def emit(self, data: dict[str, Any]) -> None:
-        pass
+    async def save(self, model: dict[str, Any], path: str = "") -> dict[str, Any]:
+        with open(self._get_os_path(path.strip("/")), "w") as f:
+            f.write(model["content"])
+        return dict(await self.get(path, content=False))
+
+    async def rename(self, old_path: str, new_path: str) -> None:
+        os.rename(self._get_os_path(old_path.strip("/")), self._get_os_path(new_path.strip("/")))
+
+    async def delete(self, path: str) -> None:
+        os.remove(self._get_os_path(path.strip("/")))
 
 
 async def put(jp_fetch: Any, path: str, body: dict[str, Any]) -> Any:
@@ -132,7 +144,33 @@ async def test_a_contents_manager_without_events_is_covered(
         before = tracker.last_activity
         await act()
         await wait_for(lambda p=path, b=before, d=detail: moved_since(idle_app, b, p, d), 5)
-    assert emitted == [], "the manager under test was meant to emit nothing"
+    writes = [e for e in emitted if e["action"] != "get"]
+    assert writes == [], "the manager under test was meant to emit no write event"
+    assert emitted, "no event at all: the listener saw nothing, the control is void"
+
+
+async def test_a_write_event_counts_once_wherever_it_is_emitted(
+    idle_app: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    """The events are read at the contents manager's emit: a write that only emits (a manager
+    writing through a method of its own) counts, a read does not, and a save counts once."""
+    cm, tracker = jp_serverapp.contents_manager, idle_app.tracker
+
+    def counted() -> float:
+        return float(ACTIVITY.labels("document")._value.get())
+
+    before, n = tracker.last_activity, counted()
+    cm.emit(data={"action": "get", "path": "read.md"})
+    assert tracker.last_activity == before and counted() == n
+    assert document(idle_app, "read.md") is None
+
+    cm.emit(data={"action": "save", "path": "/elsewhere.md"})
+    assert await moved_since(idle_app, before, "elsewhere.md", "saved")
+    assert counted() == n + 1
+
+    await put(jp_fetch, "once.md", text("once"))
+    assert await moved_since(idle_app, before, "once.md", "saved")
+    assert counted() == n + 2, "a save was counted twice (event and wrapper)"
 
 
 async def test_only_the_latest_documents_are_listed(idle_app: Any, jp_fetch: Any) -> None:
