@@ -314,16 +314,20 @@ class IdleCuller:
             await self.shutdown(decision)
             return
         if decision.action == "warn" and decision.deadline is not None:
-            if self._warned is None or abs(self._warned[1] - decision.deadline) > 1:
-                at = self.tracker.isoformat(decision.deadline)
+            warned = self._warned
+            at = self.tracker.isoformat(decision.deadline)
+            left = round(decision.deadline - self.tracker.clock())
+            # warned again for another rule or an earlier time; a later time under the same
+            # rule (stop when done, where each save pushes the deadline a little) is logged only
+            if warned is None or warned[0] != decision.rule or decision.deadline < warned[1] - 1:
                 self.log.warning(
-                    "The server will shut down at %s (in %d s): %s.",
-                    at,
-                    round(decision.deadline - self.tracker.clock()),
-                    decision.rule,
+                    "The server will shut down at %s (in %d s): %s.", at, left, decision.rule
                 )
                 self._server_event("shutdown_warned", decision, at=at)
-            self._warned = (decision.rule, decision.deadline)
+                self._warned = (decision.rule, decision.deadline)
+            elif decision.deadline > warned[1] + 1:
+                self.log.info("The shutdown moved to %s (in %d s): %s.", at, left, decision.rule)
+                self._warned = (decision.rule, decision.deadline)
         elif self._warned is not None:
             self.log.warning("Shutdown cancelled: %s.", decision.reason)
             self._server_event("shutdown_cancelled", decision)

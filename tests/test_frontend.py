@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from browser import lab_server, launch, playwright_and_chromium
@@ -157,7 +158,7 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
     s = server(
         tmp_path,
         "--IdleExtension.server_idle_timeout=600",
-        "--IdleExtension.shutdown_warning=8",
+        "--IdleExtension.shutdown_warning=15",
         "--IdleExtension.cull_idle_timeout=600",
         "--IdleExtension.max_keepalive=1200",
     )
@@ -187,7 +188,32 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
             assert asked["waiting_for"] is None, asked  # nothing works: it is due
             # nothing works: the warning comes at once, shutdown_warning before the stop
             page.get_by_text("Keep working (20 min)").first.wait_for(timeout=15_000)
-            assert "you asked to stop when done" in page.locator(".Toastify").inner_text()
+            toast = page.locator(".Toastify__toast", has_text="you asked to stop when done")
+            assert toast.count() == 1, page.locator(".Toastify").inner_text()
+            # saves push the time a little later: the same notification shows the new time (it
+            # is not dismissed and popped again, which would also undo a person's closing it)
+            toast.evaluate("node => { node.dataset.firstShown = 'yes'; }")
+            first_text = toast.inner_text()
+            reads: list[float] = []
+            page.on(
+                "request",
+                lambda r: (
+                    reads.append(time.monotonic())
+                    if urlsplit(r.url).path.endswith("/api/idle")
+                    else None
+                ),
+            )
+            for i in range(2):
+                page.wait_for_timeout(1500)
+                saved = {"type": "file", "format": "text", "content": str(i)}
+                assert s.request("PUT", "/api/contents/notes.txt", saved)[0] in (200, 201)
+            saved_at = time.monotonic()
+            page.wait_for_timeout(6_000)
+            # warning, the page reads the status every 5 s (also when the read before the
+            # warning had planned the next one 30 s away), and its countdown moves
+            assert any(t > saved_at for t in reads), reads
+            assert toast.count() == 1 and toast.get_attribute("data-first-shown") == "yes"
+            assert toast.inner_text() != first_text, first_text
             page.get_by_text("Keep working (20 min)").first.click()
             page.wait_for_function(
                 f"document.querySelector('{INDICATOR}').textContent.includes('Keep-alive until')",
@@ -195,7 +221,7 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
             )
             _, doc = s.request("GET", "/api/idle")
             assert doc["keepalive"] is not None and doc["keepalive"]["seconds_left"] > 1100, doc
-            page.wait_for_timeout(12_000)  # past the stop when done's deadline
+            page.wait_for_timeout(15_000)  # past the stop when done's deadline
             assert s.running, "stopped although the user asked to keep working"
             _, doc = s.request("GET", "/api/idle")
             assert doc["server"]["action"] == "keep" and doc["server"]["rule"] == "keepalive", doc

@@ -5,6 +5,7 @@ refusals in-process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from servers import TOKEN, ServerProcess, execute_over_zmq, wait_until
 from tornado.httpclient import HTTPClientError
 
@@ -129,3 +131,33 @@ async def test_stop_when_done_refuses_bodies_and_strangers(
     assert json.loads(r.body)["stop_when_done"]["delay"] == 60  # shutdown_warning is 0 here
     r = await jp_fetch("api", "idle", "stop-when-done", method="DELETE")
     assert json.loads(r.body) == {"cancelled": True}
+
+
+@pytest.mark.parametrize(
+    "idle_config", [{"server_idle_timeout": 600.0, "shutdown_warning": 60.0}], indirect=True
+)
+async def test_saves_while_it_waits_move_the_time_without_warning_again(
+    idle_app: Any, jp_fetch: Any, caplog: Any
+) -> None:
+    """Stopping when done, the server is in its warning from the moment nothing works; each
+    save pushes the time a little later. One warning, then the moves logged: no new warning
+    event (the page would pop a new notification each time)."""
+    caplog.set_level("INFO", logger=idle_app.log.name)
+    await jp_fetch("api", "idle", "stop-when-done", method="POST", body="{}")
+
+    async def warned() -> int:
+        r = await jp_fetch("api", "idle", method="GET")
+        recent = json.loads(r.body)["recent"]
+        return sum(e["action"] == "shutdown_warned" for e in recent)
+
+    await wait_for(warned, 5)
+    for i in range(3):
+        await asyncio.sleep(1.5)  # each save moves the time by more than a second
+        body = json.dumps({"type": "file", "format": "text", "content": str(i)})
+        await jp_fetch("api", "contents", "notes.md", method="PUT", body=body)
+    await wait_for(lambda: caplog.text.count("The shutdown moved to") >= 3, 5)
+    assert await warned() == 1
+    assert caplog.text.count("The server will shut down at") == 1, caplog.text
+    r = await jp_fetch("api", "idle", method="GET")
+    doc = json.loads(r.body)
+    assert doc["server"]["rule"] == "stop_when_done" and doc["server"]["action"] == "warn"

@@ -312,7 +312,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const seenActions = new Set<string>();
     let firstRead = true;
     let warningId: string | null = null;
-    let warnedFor: string | null = null;
+    // the rule and the time of the warning shown: a later time under the same rule (stop when
+    // done, pushed by each save) updates it in place, and leaves it closed if the person closed it
+    let warnedRule: string | null = null;
+    let warnedAt = 0;
     let stoppedShown = false;
     let stoppedByUser = false;
 
@@ -342,7 +345,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       if (!warning) {
         if (warningId) {
           Notification.dismiss(warningId);
-          warningId = warnedFor = null;
+          warningId = warnedRule = null;
         }
         return;
       }
@@ -360,15 +363,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
         });
       }
       actions.push({ label: 'Stop now', callback: () => void stopNow(), displayType: 'warn' });
-      if (warningId && warnedFor === warning.shutdown_at) {
+      const at = Date.parse(warning.shutdown_at);
+      if (warningId && warnedRule === warning.rule && at >= warnedAt - 1000) {
         Notification.update({ id: warningId, message, type: 'warning', actions, autoClose: false });
+        warnedAt = at;
         return;
       }
       if (warningId) {
         Notification.dismiss(warningId);
       }
       warningId = Notification.warning(message, { autoClose: false, actions });
-      warnedFor = warning.shutdown_at;
+      warnedRule = warning.rule;
+      warnedAt = at;
     };
 
     const rememberKernels = () => {
@@ -437,6 +443,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    // the next read, planned again after every read (also one a click asked for): a read that
+    // finds the server warning reads again in NEAR_POLL_MS, not in a POLL_MS planned before it
+    let timer = 0;
+    const schedule = () => {
+      window.clearTimeout(timer);
+      if (stoppedShown) {
+        return;
+      }
+      const left = client.status?.server.seconds_to_shutdown;
+      const near =
+        client.status?.server.action !== 'keep' ||
+        (left !== null && left !== undefined && left - client.elapsed() < NEAR_S);
+      timer = window.setTimeout(() => void refresh(), near ? NEAR_POLL_MS : POLL_MS);
+    };
+
     const refresh = async () => {
       try {
         rememberKernels();
@@ -450,21 +471,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (client.stoppingSoon() || stoppedByUser) {
           await sayStopped();
         }
+      } finally {
+        schedule();
       }
-    };
-
-    let timer = 0;
-    const schedule = () => {
-      const left = client.status?.server.seconds_to_shutdown;
-      const near =
-        client.status?.server.action !== 'keep' ||
-        (left !== null && left !== undefined && left - client.elapsed() < NEAR_S);
-      timer = window.setTimeout(async () => {
-        await refresh();
-        if (!stoppedShown) {
-          schedule();
-        }
-      }, near ? NEAR_POLL_MS : POLL_MS);
     };
 
     indicator.node.addEventListener('click', async () => {
@@ -497,10 +506,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
 
-    // the countdown moves every second, between two reads of the status
+    // the countdown moves every second, between two reads of the status, in the warning too
     window.setInterval(() => {
-      if (!stoppedShown) {
+      if (!stoppedShown && client.status) {
         render();
+        warn(client.status);
       }
     }, 1000);
 
@@ -516,11 +526,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.serviceManager.connectionFailure.connect(() => void lost.explain());
 
     // notifications emitted before the application is restored are dropped: start after it
-    void app.restored.then(async () => {
-      await refresh();
-      schedule();
-    });
-    void timer;
+    void app.restored.then(() => refresh());
   }
 };
 
