@@ -100,20 +100,15 @@ def explain(doc: dict[str, Any]) -> str:
 
 
 def keeps(doc: dict[str, Any]) -> str:
-    """What keeps a server, or when it stops, in a few words: "kernel busy 3 h 00 min",
-    "process `python train.py` working 12 min", "idle 48 min, stops in 12 min"."""
+    """What keeps a server (the policy's own pick, ``server.kept_by``), or when it stops, in a
+    few words: "kernel busy 3 h 00 min", "process `python train.py` working 12 min", "idle 48
+    min, stops in 12 min"."""
     server = doc["server"]
     if server["action"] == "shutdown":
         return "shutting down now"
-    busy = [k for k in doc["kernels"] if k.get("busy_seconds") is not None]
-    if server["rule"] is None and busy:
-        longest = max(busy, key=lambda k: k["busy_seconds"])
-        return f"kernel busy {duration(longest['busy_seconds'])}"
-    working = [s for s in doc.get("sources", []) if s.get("busy_seconds") is not None]
-    if server["rule"] is None and working:
-        longest = max(working, key=lambda s: s["busy_seconds"])
-        what = f"process `{longest['name']}`" if longest["kind"] == "process" else longest["name"]
-        return f"{what} working {duration(longest['busy_seconds'])}"
+    kept_by = server.get("kept_by")
+    if server["rule"] is None and kept_by:
+        return f"{kept_by['what']} {duration(kept_by['busy_seconds'])}"
     if server["rule"] is None:
         return str(server["reason"])
     if server["rule"] == "keepalive" and doc.get("keepalive"):

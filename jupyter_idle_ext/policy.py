@@ -131,6 +131,8 @@ class Decision:
     rule: str = ""
     args: tuple[Any, ...] = ()
     clocks: tuple[tuple[str, float], ...] = ()
+    # the server's: what works and keeps it, in a few words ("kernel busy"), its clock "busy"
+    kept_by: str = ""
 
     def reason_at(self, now: float) -> str:
         values = {name: _seconds(max(0.0, now - since)) for name, since in self.clocks}
@@ -280,9 +282,10 @@ def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -
     )
 
 
-def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float] | None:
-    """What keeps the server working right now, as (template, since), or None; the template's
-    {busy} is the time since then."""
+def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float, str] | None:
+    """What keeps the server working right now, as (template, since, what), or None; the
+    template's {busy} is the time since then, ``what`` says it in a few words for an indicator
+    ("kernel busy", "process `python train.py` working")."""
     now = snapshot.now
     cap = config.max_busy_time
 
@@ -293,10 +296,10 @@ def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float] | Non
         if not kernel.alive:
             continue
         if kernel.busy_since is not None and not capped(kernel.busy_since):
-            return f"kernel {kernel.id} busy for {{busy}}", kernel.busy_since
+            return f"kernel {kernel.id} busy for {{busy}}", kernel.busy_since, "kernel busy"
         if kernel.computing_since is not None and not capped(kernel.computing_since):
             what = f"kernel {kernel.id} computing ({kernel.computing})"
-            return what + " for {busy}", kernel.computing_since
+            return what + " for {busy}", kernel.computing_since, "kernel computing"
     for source in snapshot.sources:
         if source.busy_since is None:
             continue
@@ -306,8 +309,8 @@ def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float] | Non
                 continue
             pid = source.id.split("@")[0]
             what = f"process {pid} `{source.name}` at {source.detail}"
-            return what + " for {busy}", source.busy_since
-        return f"{source.name} busy for {{busy}}", source.busy_since
+            return what + " for {busy}", source.busy_since, f"process `{source.name}` working"
+        return f"{source.name} busy for {{busy}}", source.busy_since, f"{source.name} busy"
     return None
 
 
@@ -364,9 +367,10 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
         last,
     )
     clocks: tuple[tuple[str, float], ...] = (*idle, ("age", snapshot.started))
+    kept_by = ""
     if busy is not None:
         # braces in names (a process's command line) must not be read as fields
-        template, since = busy
+        template, since, kept_by = busy
         keep = template.replace("{", "{{").replace("}", "}}").replace("{{busy}}", "{busy}")
         if stop_when_done is not None:
             keep += "; stops when it is done"
@@ -377,7 +381,14 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
         keep = ""
     if not candidates:
         return Decision(
-            "server", "", "keep", keep or "no shutdown rule is on", now, args=args, clocks=clocks
+            "server",
+            "",
+            "keep",
+            keep or "no shutdown rule is on",
+            now,
+            args=args,
+            clocks=clocks,
+            kept_by=kept_by,
         )
     deadline, rule, fired = min(candidates)
     if now >= deadline:
@@ -402,7 +413,7 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
         template = "idle {idle} of server_idle_timeout {1}{2}"
     else:
         template = (keep + "; " if keep else "") + "shuts down at max_server_age"
-    return Decision("server", "", "keep", template, now, deadline, rule, args, clocks)
+    return Decision("server", "", "keep", template, now, deadline, rule, args, clocks, kept_by)
 
 
 def horizon(config: PolicyConfig, kernels: tuple[KernelState, ...] = ()) -> float:

@@ -76,6 +76,10 @@ def build_status(
             "until": iso(snapshot.keepalive_until),
             "seconds_left": _round(snapshot.keepalive_until - now),
         }
+    kept_by = None
+    if server.kept_by:
+        since = dict(server.clocks)["busy"]
+        kept_by = {"what": server.kept_by, "busy_seconds": _round(now - since)}
     kernels = []
     for state, decision in zip(snapshot.kernels, plan.kernels):
         if not state.alive:
@@ -149,6 +153,8 @@ def build_status(
             if server.deadline is None
             else _round(server.deadline - now),
             "warning": warning,
+            # what works and keeps the server (the policy's own pick), or None
+            "kept_by": kept_by,
         },
         "keepalive": keepalive,
         "keepalive_cap_seconds": keepalive_cap,

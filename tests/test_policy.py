@@ -324,6 +324,42 @@ def test_the_hub_hears_now_while_a_process_works_until_the_cap() -> None:
     assert reported_activity(snapshot(900, sources=(process(busy=None),)), c) == T0
 
 
+@pytest.mark.parametrize(
+    ("fields", "kept_by", "busy_for"),
+    [
+        case("kernel-busy", {"kernels": (kernel(busy=100),)}, "kernel busy", 800),
+        case("kernel-computing", {"kernels": (kernel(computing=300),)}, "kernel computing", 600),
+        case(
+            "process",
+            {"sources": (process(busy=400),)},
+            "process `python train.py` working",
+            500,
+        ),
+        case(
+            "another-extensions-source",
+            {"sources": (SourceState("x", "x", "my-extension", T0, busy_since=T0 + 850),)},
+            "my-extension busy",
+            50,
+        ),
+        # past the cap, a busy kernel keeps nothing: the process does
+        case(
+            "capped-kernel-then-process",
+            {"kernels": (kernel(busy=-500),), "sources": (process(busy=400),)},
+            "process `python train.py` working",
+            500,
+        ),
+        case("nothing", {"kernels": (kernel(),)}, "", None),
+    ],
+)
+def test_the_server_says_what_keeps_it_in_a_few_words(
+    fields: dict[str, Any], kept_by: str, busy_for: float | None
+) -> None:
+    decision = decide_server(snapshot(900, **fields), config(**IDLE_600, max_busy_time=1000))
+    assert decision.kept_by == kept_by, decision
+    if busy_for is not None:
+        assert dict(decision.clocks)["busy"] == T0 + 900 - busy_for
+
+
 # -- the server ------------------------------------------------------------------------------
 
 BUSY = {"kernels": (kernel(busy=0),)}

@@ -56,9 +56,15 @@ async def test_status_explains_an_idle_kernel(idle_app: Any, jp_fetch: Any) -> N
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("idle_config", [{"max_busy_time": 4.0}], indirect=True)
+@pytest.mark.parametrize(
+    # a server rule on (never reached here), so that the server says what keeps it
+    "idle_config",
+    [{"max_busy_time": 4.0, "server_idle_timeout": 600.0}],
+    indirect=True,
+)
 async def test_status_explains_a_busy_kernel_and_its_cap(idle_app: Any, jp_fetch: Any) -> None:
-    """S2 and S8: a busy kernel says how long it has been busy, and the cap is its deadline."""
+    """S2 and S8: a busy kernel says how long it has been busy, and the cap is its deadline;
+    until the cap it keeps the server, and the status says so."""
     kernel_id = await start_kernel(jp_fetch)
     client = await ready_client(idle_app, kernel_id)
     client.execute("import time; time.sleep(60)")
@@ -70,7 +76,10 @@ async def test_status_explains_a_busy_kernel_and_its_cap(idle_app: Any, jp_fetch
     assert entry["busy_seconds"] is not None
     assert entry["cull_at"] is not None  # busy_since + max_busy_time
     assert doc["idle_seconds"] == 0.0, "a working server is not idle"
+    kept_by = doc["server"]["kept_by"]
+    assert kept_by["what"] == "kernel busy" and 0 <= kept_by["busy_seconds"] < 4, doc["server"]
     await wait_for(lambda: _gone(jp_fetch, kernel_id), 20)
+    assert (await status(jp_fetch))["server"]["kept_by"] is None
     client.stop_channels()
 
 

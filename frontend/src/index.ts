@@ -77,6 +77,7 @@ export interface IStatus {
     shutdown_at: string | null;
     seconds_to_shutdown: number | null;
     warning: { shutdown_at: string; rule: string; reason: string } | null;
+    kept_by: { what: string; busy_seconds: number } | null;
   };
   keepalive: { until: string; seconds_left: number } | null;
   keepalive_cap_seconds: number;
@@ -117,18 +118,11 @@ export function describe(status: IStatus, elapsed: number): string {
   const left =
     server.seconds_to_shutdown === null ? null : server.seconds_to_shutdown - elapsed;
   if (server.rule === null) {
-    const busy = status.kernels.filter(k => k.busy_seconds !== null);
-    let kept = server.reason;
-    if (busy.length) {
-      const longest = Math.max(...busy.map(k => k.busy_seconds ?? 0));
-      kept = `kernel busy ${duration(longest + elapsed)}`;
-    } else {
-      const working = status.sources.filter(s => s.busy_seconds !== null);
-      if (working.length) {
-        const first = working[0];
-        kept = first.kind === 'process' ? `process \`${first.name}\`` : `${first.name} working`;
-      }
-    }
+    // what the policy itself says keeps the server, with its clock moving between reads
+    const keptBy = server.kept_by;
+    const kept = keptBy
+      ? `${keptBy.what} ${duration(keptBy.busy_seconds + elapsed)}`
+      : server.reason;
     return `Kept: ${kept}${status.stop_when_done ? ' · stops when done' : ''}`;
   }
   const when = left === null ? '' : duration(left);
