@@ -12,6 +12,7 @@ REST requests and websocket pings are never seen here, so they can never count.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -245,11 +246,15 @@ class KernelWatcher:
         # per kernel: its kernelspec's cull_idle_timeout (read once), and its last KernelState
         # with what it was built from (a check rebuilds only the states that changed)
         self._overrides: dict[str, float | None] = {}
-        self._states: dict[str, tuple[tuple[Any, ...], KernelState]] = {}
+        self._states: dict[str, KernelState] = {}
+        # per kernel: its key in the tracker's records, made once
+        self._keys: dict[str, tuple[str, str]] = {}
         # per kernel: whether its process may be polled directly (compat.polls_locally), and
         # when it was last polled
         self._local: dict[str, bool] = {}
         self._polled: dict[str, float] = {}
+        # when the first kernel is due for its poll again: a check before then reads no kernel
+        self._due_at = -math.inf
         # guard jupyter_server's IOPub watcher on every (re)start of watching
         original = getattr(kernel_manager, "start_watching_activity", None)
         self._original_start_watching = original
@@ -273,6 +278,7 @@ class KernelWatcher:
         current = set(self.km.list_kernel_ids())
         for kernel_id in current - set(self._attached):
             self._attach(kernel_id)
+            self._due_at = -math.inf
         for kernel_id in set(self._attached) - current:
             self._detach(kernel_id)
 
@@ -292,6 +298,10 @@ class KernelWatcher:
                 self.tracker.set_busy("kernel", kernel_id, True)
             elif state in ("idle", "starting"):
                 self.tracker.set_busy("kernel", kernel_id, False)
+            elif state == "dead":
+                # seen here, not only at the next poll (a check may poll no kernel)
+                self._dead_since.setdefault(kernel_id, self.tracker.clock())
+                self.tracker.changed.set()
 
         def on_restart() -> None:
             # an automatic restart after a crash is not activity, and a crash mid-cell leaves
@@ -306,6 +316,7 @@ class KernelWatcher:
         if hasattr(kernel, "add_restart_callback"):
             kernel.add_restart_callback(on_restart, "restart")
         self._attached[kernel_id] = (kernel, on_activity, on_state, on_restart)
+        self._keys[kernel_id] = ("kernel", kernel_id)
         self._overrides[kernel_id] = self._timeout_override(kernel, record.name)
 
     def _timeout_override(self, kernel: Any, name: str) -> float | None:
@@ -329,6 +340,7 @@ class KernelWatcher:
         self._dead_since.pop(kernel_id, None)
         self._overrides.pop(kernel_id, None)
         self._states.pop(kernel_id, None)
+        self._keys.pop(kernel_id, None)
         self._local.pop(kernel_id, None)
         self._polled.pop(kernel_id, None)
         try:
@@ -355,13 +367,19 @@ class KernelWatcher:
         now = self.tracker.clock()
         if every:
             polled.clear()
+        elif now < self._due_at:
+            return  # every kernel was polled less than POLL_EVERY ago
+        due_at = math.inf
         for kernel_id, (kernel, *_) in list(self._attached.items()):
             if getattr(kernel, "execution_state", None) == "dead":
                 self._dead_since.setdefault(kernel_id, now)
                 continue
-            if now - polled.get(kernel_id, -POLL_EVERY) < POLL_EVERY:
+            last = polled.get(kernel_id, -POLL_EVERY)
+            if now - last < POLL_EVERY:
+                due_at = min(due_at, last + POLL_EVERY)
                 continue
             polled[kernel_id] = now
+            due_at = min(due_at, now + POLL_EVERY)
             try:
                 direct = local.get(kernel_id)
                 if direct is None:
@@ -378,6 +396,7 @@ class KernelWatcher:
                 self._dead_since.pop(kernel_id, None)
             else:
                 self._dead_since.setdefault(kernel_id, now)
+        self._due_at = due_at
 
     @staticmethod
     async def _is_alive(kernel: Any) -> bool:
@@ -399,39 +418,42 @@ class KernelWatcher:
         return found
 
     def states(self) -> tuple[KernelState, ...]:
+        """Each kernel's state; a kernel's previous state object while nothing about it changed
+        (compared field by field, allocating nothing: at thousands of kernels a check's garbage
+        is what costs, through the collector's passes)."""
         states = []
         connections = self.connections
         records = self.tracker.records
         built = self._states
-        for kernel_id in self._attached:
-            record = records.get(("kernel", kernel_id))
+        dead_since = self._dead_since
+        for kernel_id, key in self._keys.items():
+            record = records.get(key)
             if record is None:
                 continue
-            key = (
-                record.name,
-                record.last_activity,
-                record.busy_since,
-                connections(kernel_id),
-                self._dead_since.get(kernel_id),
-                record.computing_since,
-                record.computing,
-            )
-            previous = built.get(kernel_id)
-            if previous is not None and previous[0] == key:
-                states.append(previous[1])
-                continue
-            state = KernelState(
-                id=kernel_id,
-                name=key[0],
-                last_activity=key[1],
-                busy_since=key[2],
-                connections=key[3],
-                dead_since=key[4],
-                computing_since=key[5],
-                computing=key[6],
-                timeout_override=self._overrides.get(kernel_id),
-            )
-            built[kernel_id] = (key, state)
+            open_connections = connections(kernel_id)
+            dead = dead_since.get(kernel_id)
+            state = built.get(kernel_id)
+            if (
+                state is None
+                or state.last_activity != record.last_activity
+                or state.busy_since != record.busy_since
+                or state.connections != open_connections
+                or state.dead_since != dead
+                or state.computing_since != record.computing_since
+                or state.computing != record.computing
+                or state.name != record.name
+            ):
+                state = built[kernel_id] = KernelState(
+                    id=kernel_id,
+                    name=record.name,
+                    last_activity=record.last_activity,
+                    busy_since=record.busy_since,
+                    connections=open_connections,
+                    dead_since=dead,
+                    computing_since=record.computing_since,
+                    computing=record.computing,
+                    timeout_override=self._overrides.get(kernel_id),
+                )
             states.append(state)
         return tuple(states)
 

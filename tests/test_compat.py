@@ -229,3 +229,45 @@ async def test_a_check_at_a_deadline_polls_a_kernel_at_most_once_a_second() -> N
     finally:
         process.kill()
         process.wait()
+
+
+async def test_a_check_that_polls_nothing_reads_no_kernel_yet_sees_one_marked_dead() -> None:
+    """Within POLL_EVERY of the last poll a check reads no kernel at all (at thousands of
+    kernels that is most of a check's cost); a kernel jupyter_server marks dead meanwhile is seen
+    through its execution_state at once, and a kernel started meanwhile is polled at once."""
+    import subprocess
+
+    from jupyter_idle_ext.activity import KernelWatcher
+
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        kernels = {"k": _local_kernel(process)}
+        km = SimpleNamespace(
+            list_kernel_ids=lambda: list(kernels),
+            get_kernel=lambda kid: kernels[kid],
+            _kernel_connections={},
+        )
+        clock = [100.0]
+        tracker = ActivityTracker(clock=lambda: clock[0])
+        watcher = KernelWatcher(km, tracker, LOG)
+        await watcher.refresh(every=False)
+        polled = dict(watcher._polled)
+        clock[0] += 0.5
+        await watcher.refresh(every=False)
+        assert watcher._polled == polled, "a kernel polled again within POLL_EVERY"
+        tracker.changed.clear()
+        kernels["k"].execution_state = "dead"
+        assert tracker.changed.is_set(), "a kernel marked dead did not wake the loop"
+        await watcher.refresh(every=False)
+        assert watcher.states()[0].dead_since == clock[0]
+        # a kernel that appears is due at once, although the first is not
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        kernels["new"] = _local_kernel(dead)
+        clock[0] += 0.1
+        await watcher.refresh(every=False)
+        assert watcher._polled["new"] == clock[0]
+        assert [s.dead_since for s in watcher.states()] == [clock[0] - 0.1, clock[0]]
+    finally:
+        process.kill()
+        process.wait()
