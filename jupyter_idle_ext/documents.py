@@ -9,7 +9,7 @@ makes (workspace PUTs, polling).
 The events are read where the contents manager emits them (its ``emit``, wrapped on the
 instance), not through a jupyter_events listener: with a listener for the schema, jupyter_events
 deep-copies and validates every contents event, each read of a polling tab included, a cost
-benchmark 10's save row showed (benchmarks/bench_apps.py). A contents manager that emits no
+measurable on every save (benchmarks/bench_apps.py measures saves). A contents manager that emits no
 events (a third-party one overriding ``save``) is still covered: its write methods are wrapped
 on the instance too, and count when the call emitted no write event of its own.
 """
