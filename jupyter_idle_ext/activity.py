@@ -244,7 +244,7 @@ class KernelWatcher:
         # when each kernel's process was first seen dead
         self._dead_since: dict[str, float] = {}
         # per kernel: its kernelspec's cull_idle_timeout (read once), and its last KernelState
-        # with what it was built from (a check rebuilds only the states that changed)
+        # (a check rebuilds only the states that changed, see states())
         self._overrides: dict[str, float | None] = {}
         self._states: dict[str, KernelState] = {}
         # per kernel: its key in the tracker's records, made once

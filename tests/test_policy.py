@@ -186,35 +186,20 @@ def test_kernel(
     rule: str,
     words: tuple[str, ...],
 ) -> None:
-    d = decide_kernel(kernel(**state), config(**options), T0 + now)
+    c = config(**options)
+    k = kernel(**state)
+    d = decide_kernel(k, c, T0 + now)
     assert (d.kind, d.id, d.action) == ("kernel", "k1", action), d
     assert d.deadline == at(deadline), d
     assert d.rule == rule, d
     assert_reason(d.reason, words)
-
-
-@pytest.mark.parametrize(
-    ("options", "state", "now", "action", "deadline", "rule", "words"), KERNELS
-)
-def test_a_decision_carried_over_from_an_earlier_check_is_a_fresh_one(
-    options: dict[str, Any],
-    state: dict[str, Any],
-    now: float,
-    action: str,
-    deadline: float | None,
-    rule: str,
-    words: tuple[str, ...],
-) -> None:
-    """decide(previous=...) reuses a keep for the same state object until its deadline."""
-    c = config(**options)
-    k = kernel(**state)
-    fresh = decide_kernel(k, c, T0 + now)
+    # decide(previous=...) reuses an earlier check's keep for the same state object until its
+    # deadline: whenever that check was, the decision is this one
     for earlier in (0.0, now / 2, now - 1, now - 1e-6, now):
         before = snapshot(earlier, kernels=(k,))
-        previous = (before, decide(before, c))
-        carried = decide(snapshot(now, kernels=(k,)), c, previous).kernels[0]
+        carried = decide(snapshot(now, kernels=(k,)), c, (before, decide(before, c))).kernels[0]
         assert (carried.action, carried.deadline, carried.rule) == (action, at(deadline), rule)
-        assert carried.reason_at(T0 + now) == fresh.reason_at(T0 + now), earlier
+        assert carried.reason_at(T0 + now) == d.reason_at(T0 + now), earlier
 
 
 def test_a_kernel_whose_state_changed_is_decided_afresh() -> None:
