@@ -36,10 +36,11 @@ from harness import (
     value_row,
 )
 
-from jupyter_idle_ext.activity import ActivityTracker, KernelWatcher, snapshot
+from jupyter_idle_ext.activity import ActivityTracker, snapshot
 from jupyter_idle_ext.culler import IdleCuller
 from jupyter_idle_ext.options import IdleOptions
 from jupyter_idle_ext.policy import Snapshot, decide
+from jupyter_idle_ext.sources.kernels import KernelWatcher
 from jupyter_idle_ext.status import build_status
 
 START_GOAL_MS = 50.0
@@ -351,6 +352,7 @@ def _simulated_loop(
     observed = median(_timed(lambda: set_many(kernel), 5)) / sets
     bare = median(_timed(lambda: set_many(plain), 5)) / sets
     culler.close()
+    watcher.detach_all()
     return {
         "decide": decide_times,
         "check": check_times,

@@ -39,7 +39,7 @@ from harness import (
 
 from jupyter_idle_ext.activity import ActivityTracker
 from jupyter_idle_ext.options import IdleOptions
-from jupyter_idle_ext.processes import ENV_MARKER, ProcessWatcher
+from jupyter_idle_ext.sources.processes import ENV_MARKER, ProcessWatcher
 
 BENCH = "9. Processes"
 SCAN_P99_GOAL_MS = 100.0

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from tornado import web
 
-import jupyter_idle_ext.activity as activity
 import jupyter_idle_ext.app as idle_app
+import jupyter_idle_ext.sources.kernels as activity
 
 totals = {"calls": 0, "cpu_ns": 0, "iopub": 0}
 

@@ -20,7 +20,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado import web
 from traitlets import TraitError
 
-from .activity import ActivityTracker, KernelWatcher, TerminalWatcher
+from .activity import ActivityTracker
 from .compat import Capabilities, has_start_hook, silence_singleuser_reporter
 from .culler import IdleCuller
 from .events import emit_event, register_schema
@@ -30,12 +30,14 @@ from .keepalive import Keepalive, StopWhenDone
 from .metrics import IDLE_SECONDS, SECONDS_TO_SHUTDOWN
 from .options import IdleOptions
 from .policy import stop_when_done_delay
-from .processes import ENV_MARKER, mark_environment
 from .shutdown import exit_promptly, exit_with, stop_server
-from .sources import Sources, start_sources
+from .sources import Context, Sources, start_sources
+from .sources.api import SETTINGS_KEY
+from .sources.kernels import KernelWatcher
+from .sources.processes import ENV_MARKER, mark_environment
+from .sources.terminals import TerminalWatcher
 from .status import build_status
 
-SETTINGS_KEY = "jupyter_idle_ext_tracker"
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 # how many of the latest actions the status document lists
 RECENT = 20
@@ -148,22 +150,20 @@ class IdleExtension(IdleOptions, ExtensionApp):
             self._start(serverapp)
 
     def _start(self, serverapp: Any) -> None:
-        terminal_manager = serverapp.web_app.settings.get("terminal_manager")
-        kernels = KernelWatcher(serverapp.kernel_manager, self.tracker, self.log, self.capabilities)
-        terminals = (
-            TerminalWatcher(terminal_manager, self.tracker, self.capabilities)
-            if terminal_manager
-            else None
-        )
-        self.sources = start_sources(
+        context = Context(
             options=self,
             serverapp=serverapp,
             tracker=self.tracker,
-            kernels=kernels,
-            terminals=terminals,
-            marker=self.marker,
+            capabilities=self.capabilities,
             log=self.log,
+            marker=self.marker,
+            stopping=lambda: self.culler.stopping_ids() if self.culler is not None else set(),
         )
+        self.sources = start_sources(context)
+        kernels = self.sources.get("kernels")
+        terminals = self.sources.get("terminals")
+        assert isinstance(kernels, KernelWatcher)
+        assert terminals is None or isinstance(terminals, TerminalWatcher)
         if self.hub is not None:
             silence_singleuser_reporter(serverapp, self.log, self.capabilities)
             self.reporter = HubReporter(
@@ -178,15 +178,13 @@ class IdleExtension(IdleOptions, ExtensionApp):
             kernels=kernels,
             terminals=terminals,
             kernel_manager=serverapp.kernel_manager,
-            terminal_manager=terminal_manager,
+            terminal_manager=getattr(terminals, "tm", None),
             stop_server=lambda reason: stop_server(serverapp, self.reporter, self.log),
             log=self.log,
             shutdown_grace=self.shutdown_grace,
             emit=self.emit,
+            sources=self.sources.all,
         )
-        culler.processes = self.sources.processes
-        if self.sources.processes is not None:
-            self.sources.processes.stopping = culler.stopping_ids
         self.keepalive = Keepalive(
             self.tracker,
             max_server_age=self.policy.max_server_age,
@@ -206,7 +204,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
         IDLE_SECONDS.set_function(culler.idle_seconds)
         SECONDS_TO_SHUTDOWN.set_function(culler.seconds_to_shutdown)
         self.log.info("%s", culler.describe())
-        self._tasks += [*self.sources.tasks, asyncio.create_task(culler.run())]
+        self._tasks.append(asyncio.create_task(culler.run()))
         if self.reporter is not None:
             self.reporter.last_activity = culler.reported_activity
             self._tasks.append(asyncio.create_task(self.reporter.run()))
@@ -256,16 +254,10 @@ class IdleExtension(IdleOptions, ExtensionApp):
         if self.marker is not None and os.environ.get(ENV_MARKER) == self.marker:
             # processes started from now on are no longer this server's
             del os.environ[ENV_MARKER]
+        if self.culler is not None:
+            try:
+                self.culler.close()
+            except Exception:
+                self.log.exception("Error while stopping the check loop")
         sources, self.sources = self.sources, Sources()
-        if sources.proxy is not None:
-            # simpervisor stops them only on a signal, which an idle shutdown is not
-            try:
-                await sources.proxy.stop_apps()
-            except Exception:
-                self.log.exception("Error while stopping the proxied apps")
-        closing = [self.culler] if self.culler is not None else []
-        for part in [*closing, *sources.all]:
-            try:
-                part.close()
-            except Exception:
-                self.log.exception("Error while stopping %s", type(part).__name__)
+        await sources.stop(self.log)

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Callable
 
 from jupyter_core.utils import ensure_async
 
-from .activity import ActivityTracker, KernelWatcher, TerminalWatcher, snapshot
+from .activity import ActivityTracker, snapshot
 from .metrics import KERNELS_CULLED, TERMINALS_CULLED
 from .policy import Decision, Plan, PolicyConfig, Snapshot, decide
-from .processes import FRESH, ProcessWatcher
 from .shutdown import exit_promptly
+from .sources import Source
+from .sources.kernels import KernelWatcher
+from .sources.terminals import TerminalWatcher
 
 # how long a kernel gets to honour a shutdown_request before it is killed
 KERNEL_STOP_TIMEOUT = 30.0
@@ -54,6 +56,7 @@ class IdleCuller:
         log: Any,
         shutdown_grace: float = 30.0,
         emit: Callable[[dict[str, Any]], None] = lambda event: None,
+        sources: Sequence[Source] | None = None,
     ) -> None:
         self.tracker = tracker
         self.config = config
@@ -66,8 +69,11 @@ class IdleCuller:
         self.shutdown_grace = shutdown_grace
         self.emit = emit
         self.stopping = False
-        # this server's processes, sampled again right before anything is stopped
-        self.processes: ProcessWatcher | None = None
+        # every source: refreshed before each check, and asked to look again right before
+        # anything is stopped (the process source samples then)
+        self.sources: Sequence[Source] = (
+            sources if sources is not None else [s for s in (kernels, terminals) if s is not None]
+        )
         # (rule, deadline) of the shutdown we have warned about
         self._warned: tuple[str, float] | None = None
         # culls under way, by (kind, id): a kernel slow to stop must not hold up the others
@@ -127,9 +133,8 @@ class IdleCuller:
         """One check: snapshot, decide, act, and publish the snapshot and plan for the readers.
         Without ``poll_all`` (a check at a deadline), a kernel whose process was polled within
         the last second is not polled again."""
-        await self.kernels.refresh(every=poll_all)
-        if self.terminals is not None:
-            self.terminals.sync()
+        for source in self.sources:
+            await source.refresh(poll_all)
         # what the snapshot includes: nothing can happen between these two lines
         generation, snap = self.tracker.generation, self.take_snapshot()
         # the last check's keeps carry over for the kernels that did not change (policy.decide)
@@ -141,9 +146,10 @@ class IdleCuller:
         ):
             previous = self.snapshot, self.plan
         plan = decide(snap, self.config, previous)
-        if self.processes is not None and _stops_something(plan):
-            # a job that started since the last scan must not lose to the scan's phase
-            await self.processes.sample(fresh=FRESH)
+        if _stops_something(plan):
+            # what started since a source last looked must not lose to its phase
+            for source in self.sources:
+                await source.recheck()
             generation, snap = self.tracker.generation, self.take_snapshot()
             plan = decide(snap, self.config, previous)
         self.snapshot, self.plan, self.generation = snap, plan, generation
@@ -361,6 +367,3 @@ class IdleCuller:
         self.stopping = True
         for task in self._culls.values():
             task.cancel()
-        self.kernels.detach_all()
-        if self.terminals is not None:
-            self.terminals.close()

@@ -22,7 +22,7 @@ from traitlets import Bool, Dict, Float, TraitError
 from traitlets.config import Configurable
 
 from .policy import PolicyConfig
-from .proxy import DEFAULT_KEEPALIVES
+from .sources.proxy import DEFAULT_KEEPALIVES
 
 ENV_PREFIX = "JUPYTER_IDLE_"
 _TRUE = {"1", "true", "yes", "on"}

@@ -14,10 +14,11 @@ import pytest
 from conftest import wait_for
 
 from jupyter_idle_ext import compat
-from jupyter_idle_ext.activity import ActivityTracker, TerminalWatcher
+from jupyter_idle_ext.activity import ActivityTracker
 from jupyter_idle_ext.compat import Capabilities
 from jupyter_idle_ext.options import IdleOptions
 from jupyter_idle_ext.policy import KernelState, decide_kernel, decide_terminal
+from jupyter_idle_ext.sources.terminals import TerminalWatcher
 
 LOG = logging.getLogger("test_compat")
 
@@ -197,7 +198,7 @@ async def test_a_check_at_a_deadline_polls_a_kernel_at_most_once_a_second() -> N
     deadline's check, but is at a check a wake-up asked for, and a second later anyway."""
     import subprocess
 
-    from jupyter_idle_ext.activity import POLL_EVERY, KernelWatcher
+    from jupyter_idle_ext.sources.kernels import POLL_EVERY, KernelWatcher
 
     process = subprocess.Popen(["sleep", "30"])
     try:
@@ -237,7 +238,7 @@ async def test_a_check_that_polls_nothing_reads_no_kernel_yet_sees_one_marked_de
     through its execution_state at once, and a kernel started meanwhile is polled at once."""
     import subprocess
 
-    from jupyter_idle_ext.activity import KernelWatcher
+    from jupyter_idle_ext.sources.kernels import KernelWatcher
 
     process = subprocess.Popen(["sleep", "30"])
     try:

@@ -12,7 +12,7 @@ import pytest
 from jupyter_server.serverapp import ServerApp
 
 from jupyter_idle_ext.app import IdleExtension
-from jupyter_idle_ext.routing import handler_rules
+from jupyter_idle_ext.sources.routing import handler_rules
 
 
 def idle_extension(serverapp: Any) -> Any:
@@ -54,10 +54,19 @@ async def test_a_failure_while_stopping_is_logged_not_raised(
     def broken() -> None:
         raise RuntimeError("detaching failed")
 
+    async def broken_source() -> None:
+        raise RuntimeError("a source failed to stop")
+
     monkeypatch.setattr(idle_app.culler, "close", broken)
+    # the first one stopped (the last made)
+    monkeypatch.setattr(idle_app.sources.all[-1], "stop", broken_source)
+    documents = idle_app.sources.get("documents")
     with caplog.at_level(logging.ERROR):
         await idle_app.stop_extension()
     assert "detaching failed" in caplog.text
+    assert "a source failed to stop" in caplog.text
+    # the sources after it were still stopped: the contents manager is unwrapped
+    assert "emit" not in documents.cm.__dict__
     assert idle_app._tasks == []
     await idle_app.stop_extension()  # and again, as the fixture's teardown does
 
@@ -71,9 +80,9 @@ async def test_without_the_optional_packages_nothing_of_theirs_is_followed(
         "jupyter_server_ydoc"
     ):
         pytest.skip("this venv has the optional packages (the test runs in the main one)")
-    assert idle_app.sources.proxy is None
-    kinds = [type(s).__name__ for s in idle_app.sources.all]
-    assert kinds == ["DocumentWatcher", "ProcessWatcher"], kinds
+    assert idle_app.sources.get("proxy") is None
+    names = [s.name for s in idle_app.sources]
+    assert names == ["kernels", "terminals", "documents", "api", "processes"], names
     routes = handler_rules(jp_serverapp.web_app, object)
-    observed = {"jupyter_idle_ext.proxy", "jupyter_idle_ext.collaboration"}
+    observed = {"jupyter_idle_ext.sources.proxy", "jupyter_idle_ext.sources.collaboration"}
     assert routes and not [r for r in routes if r.target.__module__ in observed]

@@ -24,7 +24,7 @@ import websocket
 from servers import TOKEN, ServerProcess, execute_over_zmq, wait_until
 
 from jupyter_idle_ext.activity import ActivityTracker
-from jupyter_idle_ext.processes import ENV_MARKER, Gpus, ProcessWatcher, Scanner
+from jupyter_idle_ext.sources.processes import ENV_MARKER, Gpus, ProcessWatcher, Scanner
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -416,7 +416,7 @@ async def test_a_process_working_on_a_gpu_keeps_the_server() -> None:
 def test_a_server_that_is_pid_1_counts_the_orphans_it_adopts() -> None:
     """A process whose ancestry reaches the server is a helper of the server's, unless the
     server is PID 1: in a container without an init it adopts every nohup job too."""
-    from jupyter_idle_ext.processes import _lineage
+    from jupyter_idle_ext.sources.processes import _lineage
 
     kernel = {200: ("kernel", "k")}
     assert _lineage(300, {300: 200, 200: 100}, kernel, 100) == (("kernel", "k"), False)

@@ -20,8 +20,9 @@ import contextlib
 import re
 from typing import Any
 
-from .activity import ActivityTracker
-from .metrics import ACTIVITY
+from ..activity import ActivityTracker
+from ..metrics import ACTIVITY
+from . import BaseSource, Context
 from .routing import ObservedRoutes, handler_rules
 
 # requests that change nothing; the rest is input
@@ -86,8 +87,10 @@ def app_name(handler: Any) -> str:
     return f"port {args[0]}" if args else "proxy"
 
 
-class ProxyWatcher:
+class ProxyWatcher(BaseSource):
     """Records input to proxied apps into an ActivityTracker, and stops their processes."""
+
+    name = "proxy"
 
     def __init__(
         self,
@@ -166,7 +169,7 @@ class ProxyWatcher:
         }
         return sorted(names)
 
-    def pids(self) -> dict[int, tuple[str, str]]:
+    def owns(self) -> dict[int, tuple[str, str]]:
         """The process id of each app jupyter-server-proxy started and supervises."""
         found = {}
         for proc in self._processes():
@@ -200,6 +203,21 @@ class ProxyWatcher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.kill(), APP_STOP_TIMEOUT)
 
+    def explain(self) -> str:
+        apps = ", ".join(self.apps()) or "ports"
+        with_keepalives = ", ".join(sorted(self.keepalives)) or "none"
+        return (
+            f"input to apps behind jupyter-server-proxy ({apps}; client keep-alives ignored "
+            f"for {with_keepalives})"
+        )
+
+    async def stop(self) -> None:
+        # simpervisor stops them only on a signal, which an idle shutdown is not
+        try:
+            await self.stop_apps()
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.routes.close()
 
@@ -215,3 +233,12 @@ def proxy_watcher(
     if not watcher.routes:
         return None
     return watcher
+
+
+def make(context: Context) -> ProxyWatcher | None:
+    return proxy_watcher(
+        context.serverapp.web_app,
+        context.tracker,
+        context.options.proxy_keepalive_patterns,
+        context.log,
+    )

@@ -20,8 +20,9 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from .activity import ActivityTracker
-from .metrics import ACTIVITY
+from ..activity import ActivityTracker
+from ..metrics import ACTIVITY
+from . import BaseSource, Context
 
 # contents_service actions that write, and how a person reads them; "get" is not one
 WRITES = {
@@ -37,8 +38,10 @@ WRAPPED = {"save": ("save", "path"), "rename": ("rename", "new_path"), "copy": (
 WRAPPED_DELETE = ("delete", "path")
 
 
-class DocumentWatcher:
+class DocumentWatcher(BaseSource):
     """Records document writes from the contents manager into an ActivityTracker."""
+
+    name = "documents"
 
     def __init__(self, contents_manager: Any, tracker: ActivityTracker) -> None:
         self.cm = contents_manager
@@ -115,11 +118,21 @@ class DocumentWatcher:
         setattr(self.cm, method, wrapper)
         self._wrapped.append(method)
 
+    def explain(self) -> str:
+        return "document writes"
+
+    async def stop(self) -> None:
+        self.close()
+
     def close(self) -> None:
         for method in self._wrapped:
             # the wrapper is an instance attribute over the class's method
             self.cm.__dict__.pop(method, None)
         self._wrapped = []
+
+
+def make(context: Context) -> DocumentWatcher:
+    return DocumentWatcher(context.serverapp.contents_manager, context.tracker)
 
 
 async def _then(awaitable: Any, callback: Callable[[Any], None]) -> Any:

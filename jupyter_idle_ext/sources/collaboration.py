@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .activity import ActivityTracker
-from .metrics import ACTIVITY
+from ..activity import ActivityTracker
+from ..metrics import ACTIVITY
+from . import BaseSource, Context
 from .routing import ObservedRoutes
 
 # y-protocols: message type SYNC (0), sync step "update" (2); both one-byte var-uints
 DOCUMENT_UPDATE = b"\x00\x02"
 
 
-class CollaborationWatcher:
+class CollaborationWatcher(BaseSource):
     """Records edits arriving in jupyter_server_ydoc's rooms into an ActivityTracker."""
+
+    name = "collaboration"
 
     def __init__(self, web_app: Any, tracker: ActivityTracker) -> None:
         from jupyter_server_ydoc.handlers import YDocWebSocketHandler
@@ -58,6 +61,12 @@ class CollaborationWatcher:
         Observed.__name__ = Observed.__qualname__ = handler_class.__name__
         return Observed
 
+    def explain(self) -> str:
+        return "collaborative edits"
+
+    async def stop(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self.routes.close()
 
@@ -71,3 +80,7 @@ def collaboration_watcher(web_app: Any, tracker: ActivityTracker) -> Collaborati
     if not watcher.routes:
         return None
     return watcher
+
+
+def make(context: Context) -> CollaborationWatcher | None:
+    return collaboration_watcher(context.serverapp.web_app, context.tracker)

@@ -31,7 +31,9 @@ from typing import Any
 
 import psutil
 
-from .activity import ActivityTracker
+from ..activity import ActivityTracker
+from . import BaseSource, Context
+from .gpus import Gpus, load_nvml
 
 ENV_MARKER = "JUPYTER_IDLE_SERVER_ID"
 # a process's command line is read once it is this old (seconds): before, it may be the shell
@@ -155,64 +157,7 @@ class Scanner:
         return result
 
 
-class Gpus:
-    """GPU utilisation per process through NVML (``nvidia-ml-py``), when a driver is there.
-
-    Utilisation, not memory: an idle kernel that imported torch holds GPU memory and does nothing.
-    """
-
-    def __init__(self, nvml: Any, log: Any) -> None:
-        self.nvml = nvml
-        self.log = log
-        self.handles: list[Any] = []
-        self._last_seen: dict[int, int] = {}
-        if nvml is None:
-            self.log.info("GPU activity is off: nvidia-ml-py is not installed.")
-            return
-        try:
-            nvml.nvmlInit()
-            count = nvml.nvmlDeviceGetCount()
-            self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        except Exception as e:
-            self.log.info("GPU activity is off: NVML is not available (%s).", e)
-            self.handles = []
-            return
-        self.log.info("Counting GPU utilisation of this server's processes on %d GPU(s).", count)
-
-    def utilisation(self) -> dict[int, float]:
-        """The highest SM utilisation (percent) of each process seen since the last call."""
-        used: dict[int, float] = {}
-        for index, handle in enumerate(self.handles):
-            last = self._last_seen.get(index, 0)
-            try:
-                samples = self.nvml.nvmlDeviceGetProcessUtilization(handle, last)
-            except self.nvml.NVMLError_NotFound:
-                continue  # no samples since ``last``: nothing ran
-            except self.nvml.NVMLError as e:
-                self.log.debug("Could not read GPU %d's utilisation: %s", index, e)
-                continue
-            for sample in samples:
-                used[sample.pid] = max(used.get(sample.pid, 0.0), float(sample.smUtil))
-                self._last_seen[index] = max(self._last_seen.get(index, 0), sample.timeStamp)
-        return used
-
-    def close(self) -> None:
-        if self.handles:
-            with contextlib.suppress(Exception):
-                self.nvml.nvmlShutdown()
-            self.handles = []
-
-
-def load_nvml() -> Any:
-    """The NVML bindings (``pip install jupyter-idle-ext[gpu]``), or None."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    return pynvml
-
-
-class ProcessWatcher:
+class ProcessWatcher(BaseSource):
     """Samples this server's processes and records the working ones into an ActivityTracker.
 
     A working process is a busy source of kind ``process``; when it belongs to a kernel (the
@@ -231,6 +176,7 @@ class ProcessWatcher:
         owners: Any,
         log: Any,
         nvml: Any = None,
+        stopping: Any = set,
     ) -> None:
         self.tracker = tracker
         self.scanner = Scanner(marker)
@@ -240,7 +186,7 @@ class ProcessWatcher:
         # () -> {pid: (kind, id)} of the kernels', terminals' and proxied apps' own processes
         self.owners = owners
         # () -> ids of the kernels and terminals being stopped: their processes wind down
-        self.stopping: Any = set
+        self.stopping = stopping
         self.log = log
         self.gpus = Gpus(nvml, log) if gpu_threshold > 0 else None
         self.tracked: dict[tuple[int, float], Tracked] = {}
@@ -248,6 +194,36 @@ class ProcessWatcher:
         self.last_scan = 0.0
         self.scans = 0
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    name = "processes"
+
+    def explain(self) -> str:
+        use = []
+        if self.cpu_threshold > 0:
+            use.append(f"CPU >= {self.cpu_threshold:g} % of a core")
+        if self.gpus is not None and self.gpus.handles:
+            use.append(f"GPU >= {self.gpu_threshold:g} %")
+        return (
+            f"work of this server's processes ({', '.join(use) or 'no measure on'}, checked "
+            f"every {self.interval:g} s)"
+        )
+
+    def start(self) -> None:
+        """Sample every ``interval`` seconds from now on."""
+        self._task = asyncio.ensure_future(self.run())
+
+    async def recheck(self) -> None:
+        # a job that started since the last scan must not lose to the scan's phase
+        await self.sample(fresh=FRESH)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.close()
 
     # -- sampling ----------------------------------------------------------------------------
 
@@ -383,6 +359,27 @@ class ProcessWatcher:
     def close(self) -> None:
         if self.gpus is not None:
             self.gpus.close()
+
+
+def make(context: Context) -> ProcessWatcher | None:
+    """The source when process_check_interval is on (the environment was marked at load)."""
+    options = context.options
+    if context.marker is None:
+        return None
+    gpu = options.gpu_utilization_threshold
+    watcher = ProcessWatcher(
+        tracker=context.tracker,
+        marker=context.marker,
+        interval=options.process_check_interval,
+        cpu_threshold=options.process_cpu_threshold,
+        gpu_threshold=gpu,
+        owners=context.owners,
+        log=context.log,
+        nvml=load_nvml() if gpu > 0 else None,
+        stopping=context.stopping,
+    )
+    watcher.start()
+    return watcher
 
 
 def describe_use(cpu: float, gpu: float | None) -> str:
