@@ -9,6 +9,7 @@ WARNING names the capability lost and the behaviour falls to the safe side: neve
 | ``TerminalManager.pre_pty_read_hook`` | a terminal's input and output | terminals are never culled, and typing in them is not seen |
 | ``JupyterHubSingleUser.hub_activity_interval`` and ``._activity_task`` | switching jupyterhub-singleuser's own reporter off, so ours is the only one | a WARNING with the one-line setting that does it |
 | ``ExtensionManager.start_all_extensions`` (jupyter_server >= 2.16) | the start hook, once the event loop runs | the extension starts from ``IOLoop.add_callback`` instead |
+| the ``kernel_websocket_connection_class`` setting and ``GatewayWebSocketConnection``'s ``connect``, ``disconnect``, ``handle_outgoing_message`` | a gateway kernel's messages and open connections | gateway kernels are not followed: never culled, and they keep the server up to ``max_busy_time`` |
 | the routes' ``target_kwargs`` of jupyter-server-proxy (``state["proc"]``, ``server_processes``) | the apps to stop, and their names | the apps are not stopped (as before) |
 """
 
@@ -166,3 +167,62 @@ def silence_singleuser_reporter(serverapp: Any, log: Any, capabilities: Capabili
     if found:
         log.info("Switched off jupyterhub-singleuser's activity reporter")
     return found
+
+
+def is_gateway_kernel(kernel: Any) -> bool:
+    """Whether a kernel runs on a gateway (jupyter_server's ``--gateway-url``)."""
+    try:
+        from jupyter_server.gateway.managers import GatewayKernelManager
+    except ImportError:  # pragma: no cover - part of jupyter_server
+        return False
+    return isinstance(kernel, GatewayKernelManager)
+
+
+def is_gateway_manager(kernel_manager: Any) -> bool:
+    """Whether the server's kernels run on a gateway."""
+    try:
+        from jupyter_server.gateway.managers import GatewayMappingKernelManager
+    except ImportError:  # pragma: no cover - part of jupyter_server
+        return False
+    return isinstance(kernel_manager, GatewayMappingKernelManager)
+
+
+def observe_gateway_relay(
+    web_app: Any, observe: Callable[[type], type], capabilities: Capabilities
+) -> Callable[[], None] | None:
+    """Point this server's kernel websocket connections at ``observe(their class)``, which sees
+    what the gateway sends each tab; returns what puts the original back, or None when the
+    relay cannot be observed."""
+    from jupyter_server.gateway.connections import GatewayWebSocketConnection
+
+    settings = web_app.settings
+    original = settings.get("kernel_websocket_connection_class")
+    methods = ("connect", "disconnect", "handle_outgoing_message")
+    if (
+        not isinstance(original, type)
+        or not issubclass(original, GatewayWebSocketConnection)
+        or not all(callable(getattr(original, m, None)) for m in methods)
+    ):
+        capabilities.lose(
+            "Activity of kernels on the gateway cannot be seen (the server does not relay them "
+            "through GatewayWebSocketConnection)",
+            "they are never culled, and keep the server up until max_busy_time",
+        )
+        return None
+    settings["kernel_websocket_connection_class"] = observe(original)
+
+    def restore() -> None:
+        settings["kernel_websocket_connection_class"] = original
+
+    return restore
+
+
+def watches_iopub(kernel: Any) -> bool | None:
+    """Whether jupyter_server's IOPub watcher follows a local kernel: True, False (its kernel
+    manager never started one), or None while the kernel is still starting."""
+    ready = getattr(kernel, "ready", None)
+    if ready is not None and hasattr(ready, "done") and not ready.done():
+        return None
+    if not getattr(kernel, "has_kernel", True):
+        return None
+    return getattr(kernel, "_activity_stream", None) is not None

@@ -235,16 +235,21 @@ class IdleCuller:
         except KeyError:
             return
         name = getattr(kernel, "kernel_name", "")
-        connections = self.kernels.connections(kernel_id)
+        state = self.kernels.state(kernel_id)
+        connections = state.connections if state is not None else None
+        remote = state.remote if state is not None else ""
+        where = f" on the gateway {remote}" if remote else ""
         if decision.action == "remove":
-            self.log.warning("Removing dead kernel '%s' (%s).", name, kernel_id)
+            self.log.warning("Removing dead kernel '%s' (%s)%s.", name, kernel_id, where)
         else:
             self.log.warning(
-                "Culling %s kernel '%s' (%s) with %d connections: %s.",
-                "busy" if getattr(kernel, "execution_state", "") == "busy" else "idle",
+                "Culling %s%s kernel '%s' (%s)%s with %s connections: %s.",
+                "busy" if state is not None and state.busy_since is not None else "idle",
+                " remote" if remote else "",
                 name,
                 kernel_id,
-                connections,
+                where,
+                "unknown" if connections is None else connections,
                 decision.reason,
             )
         await self.stop_kernel(kernel_id, dead=decision.action == "remove")
@@ -257,6 +262,7 @@ class IdleCuller:
                 "kind": "kernel",
                 "id": kernel_id,
                 "name": name,
+                **({"remote": remote} if remote else {}),
                 "reason": decision.reason,
                 "rule": rule,
                 "idle_seconds": round(decision.idle, 1),

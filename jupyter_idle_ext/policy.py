@@ -58,6 +58,11 @@ class KernelState:
     # since when its process (or one it started) works while it reports idle, and which
     computing_since: float | None = None
     computing: str | None = None
+    # the gateway it runs on (its URL), or "" for a kernel of this server
+    remote: str = ""
+    # since when its activity cannot be followed (fail safe: never culled, keeps the server up
+    # to max_busy_time), or None while it is followed
+    unobserved_since: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -196,6 +201,9 @@ def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Deci
         )
     timeout, option = kernel_timeout(kernel, config)
     idle = (("idle", kernel.last_activity),)
+    if kernel.unobserved_since is not None:
+        # unknown means working, never idle since the start
+        return Decision("kernel", kid, "keep", "its activity cannot be seen: never culled", now)
     if timeout <= 0:
         return Decision(
             "kernel", kid, "keep", "{0} is 0: never culled", now, args=(option,), clocks=idle
@@ -295,6 +303,10 @@ def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float, str] 
     for kernel in snapshot.kernels:
         if not kernel.alive:
             continue
+        unseen = kernel.unobserved_since
+        if unseen is not None and not capped(unseen):
+            what = f"kernel {kernel.id} whose activity cannot be seen, for {{busy}}"
+            return what, unseen, "kernel not observable"
         if kernel.busy_since is not None and not capped(kernel.busy_since):
             return f"kernel {kernel.id} busy for {{busy}}", kernel.busy_since, "kernel busy"
         if kernel.computing_since is not None and not capped(kernel.computing_since):

@@ -97,6 +97,8 @@ def build_status(
                 if state.busy_since is None
                 else _round(now - state.busy_since),
                 "connections": state.connections,
+                # the gateway it runs on, or null for a kernel of this server
+                "remote": state.remote or None,
                 "action": decision.action,
                 "reason": decision.reason_at(now),
                 "cull_at": iso(decision.deadline) if decision.action == "keep" else None,

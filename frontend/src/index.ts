@@ -40,6 +40,7 @@ interface IKernelStatus extends IDecided {
   idle_seconds: number;
   busy_seconds: number | null;
   connections: number | null;
+  remote?: string | null;
   cull_at: string | null;
 }
 
@@ -61,6 +62,7 @@ interface IRecent {
   kind?: string;
   id?: string;
   name?: string;
+  remote?: string;
   reason: string;
   rule?: string;
   time: string;
@@ -241,7 +243,7 @@ function details(status: IStatus, elapsed: number): Widget {
       'Kernels',
       status.kernels.map(
         k =>
-          `${k.name} (${k.id.slice(0, 8)}), ${k.execution_state}: ${k.reason}` +
+          `${k.name} (${k.id.slice(0, 8)})${k.remote ? ` on the gateway ${k.remote}` : ''}, ${k.execution_state}: ${k.reason}` +
           (k.cull_at ? `; stopped at ${clock(k.cull_at)} if nothing happens` : '')
       )
     ),
@@ -394,7 +396,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           continue; // not a kernel of this page
         }
         Notification.info(
-          `Kernel ${entry.name ?? ''} of ${path} was stopped at ${clock(entry.time)}` +
+          `Kernel ${entry.name ?? ''}${entry.remote ? ` on the gateway ${entry.remote}` : ''} of ${path} was stopped at ${clock(entry.time)}` +
             (entry.action === 'kernel_culled' ? ` because it was idle: ${entry.reason}.` : `: ${entry.reason}.`) +
             ' Its variables are gone; run the notebook again to get them back.',
           { autoClose: false }

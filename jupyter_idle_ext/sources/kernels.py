@@ -18,12 +18,22 @@ from ..activity import ActivityTracker
 from ..compat import (
     Capabilities,
     guard_iopub_watcher,
+    is_gateway_kernel,
+    is_gateway_manager,
     kernel_connections,
     local_process,
     polls_locally,
+    watches_iopub,
 )
 from ..policy import KernelState
 from . import BaseSource, Context
+from .gateway import GatewayRelay
+
+# a kernel on a gateway is polled (an HTTP request to the gateway) at most this often
+REMOTE_POLL_EVERY = 5.0
+# a local kernel ready this long without jupyter_server's IOPub watcher is not followed by it
+# (the watcher starts a moment after the kernel is ready, and again after a restart)
+UNWATCHED_GRACE = 2.0
 
 # a kernel's process is polled at most this often (its death is seen within this, far inside
 # the dead kernel's grace of policy.DEAD_KERNEL_GRACE)
@@ -41,8 +51,18 @@ class KernelWatcher(BaseSource):
         tracker: ActivityTracker,
         log: Any,
         capabilities: Capabilities | None = None,
+        gateway: GatewayRelay | None = None,
     ) -> None:
         self.km = kernel_manager
+        # the relay of a server whose kernels run on a gateway
+        self.gateway = gateway
+        # per kernel on a gateway: the gateway's URL
+        self._remote: dict[str, str] = {}
+        # kernels whose activity cannot be followed: since when (never culled; they keep the
+        # server up to max_busy_time); and local kernels not yet seen followed, since when
+        self._unobserved: dict[str, float] = {}
+        self._unconfirmed: dict[str, float | None] = {}
+        self._remote_polled: dict[str, float] = {}
         self.tracker = tracker
         self.log = log
         self.capabilities = capabilities or Capabilities(log)
@@ -92,6 +112,16 @@ class KernelWatcher(BaseSource):
     def _attach(self, kernel_id: str) -> None:
         kernel = self.km.get_kernel(kernel_id)
         record = self.tracker.add("kernel", kernel_id, getattr(kernel, "kernel_name", "") or "")
+        self._keys[kernel_id] = ("kernel", kernel_id)
+        self._overrides[kernel_id] = self._timeout_override(kernel, record.name)
+        if self.gateway is not None and is_gateway_kernel(kernel):
+            # its model copies the gateway's view: the relay says what it does (gateway.py)
+            self._remote[kernel_id] = self.gateway.url or "gateway"
+            self._attached[kernel_id] = (kernel, None, None, None)
+            if not self.gateway.seen:
+                self._unobserved[kernel_id] = record.last_activity
+            return
+        self._unconfirmed[kernel_id] = None
         self._guard_watcher(kernel_id)
         if getattr(kernel, "execution_state", None) == "busy":
             record.busy_since = record.last_activity
@@ -123,8 +153,6 @@ class KernelWatcher(BaseSource):
         if hasattr(kernel, "add_restart_callback"):
             kernel.add_restart_callback(on_restart, "restart")
         self._attached[kernel_id] = (kernel, on_activity, on_state, on_restart)
-        self._keys[kernel_id] = ("kernel", kernel_id)
-        self._overrides[kernel_id] = self._timeout_override(kernel, record.name)
 
     def _timeout_override(self, kernel: Any, name: str) -> float | None:
         """The kernelspec's ``metadata.cull_idle_timeout``, if it sets one."""
@@ -150,6 +178,13 @@ class KernelWatcher(BaseSource):
         self._keys.pop(kernel_id, None)
         self._local.pop(kernel_id, None)
         self._polled.pop(kernel_id, None)
+        self._unobserved.pop(kernel_id, None)
+        self._unconfirmed.pop(kernel_id, None)
+        if self._remote.pop(kernel_id, None) is not None:
+            if self.gateway is not None:
+                self.gateway.forget(kernel_id)
+            self.tracker.remove("kernel", kernel_id)
+            return
         try:
             kernel.unobserve(on_activity, names=["last_activity"])
             kernel.unobserve(on_state, names=["execution_state"])
@@ -188,14 +223,19 @@ class KernelWatcher(BaseSource):
             polled[kernel_id] = now
             due_at = min(due_at, now + POLL_EVERY)
             try:
-                direct = local.get(kernel_id)
-                if direct is None:
-                    direct = local[kernel_id] = polls_locally(kernel)
-                process = local_process(kernel) if direct else None
-                if process is not None:
-                    alive = process.poll() is None
+                if kernel_id in self._remote:
+                    alive = await self._poll_remote(kernel_id, kernel, now)
                 else:
-                    alive = await self._is_alive(kernel)
+                    if kernel_id in self._unconfirmed:
+                        self._confirm(kernel_id, kernel, now)
+                    direct = local.get(kernel_id)
+                    if direct is None:
+                        direct = local[kernel_id] = polls_locally(kernel)
+                    process = local_process(kernel) if direct else None
+                    if process is not None:
+                        alive = process.poll() is None
+                    else:
+                        alive = await self._is_alive(kernel)
             except Exception as e:
                 self.log.debug("Could not poll kernel %s: %s", kernel_id, e)
                 alive = True
@@ -204,6 +244,44 @@ class KernelWatcher(BaseSource):
             else:
                 self._dead_since.setdefault(kernel_id, now)
         self._due_at = due_at
+
+    async def _poll_remote(self, kernel_id: str, kernel: Any, now: float) -> bool:
+        """Whether a gateway's kernel lives, from the gateway's model (read at most every
+        REMOTE_POLL_EVERY); with no tab connected, its execution_state is what the relay knows."""
+        last = self._remote_polled.get(kernel_id)
+        if last is not None and now - last < REMOTE_POLL_EVERY:
+            return kernel_id not in self._dead_since
+        self._remote_polled[kernel_id] = now
+        # not _is_alive: a gateway kernel's ``ready`` never resolves (jupyter_server 2.21)
+        alive = bool(await ensure_async(kernel.is_alive()))
+        # a kernel the gateway no longer has leaves the model empty
+        alive = alive and bool(getattr(kernel, "has_kernel", True))
+        if alive and self.gateway is not None:
+            self.gateway.polled(kernel_id, getattr(kernel, "execution_state", None))
+        return alive
+
+    def _confirm(self, kernel_id: str, kernel: Any, now: float) -> None:
+        """Whether jupyter_server's IOPub watcher follows a local kernel; one its kernel
+        manager never watches is not followed: never culled, it keeps the server (fail safe)."""
+        watched = watches_iopub(kernel)
+        if watched:
+            del self._unconfirmed[kernel_id]
+            if self._unobserved.pop(kernel_id, None) is not None:
+                self.tracker.changed.set()
+            return
+        if watched is None:
+            return  # still starting
+        first = self._unconfirmed[kernel_id]
+        if first is None:
+            self._unconfirmed[kernel_id] = now
+        elif now - first >= UNWATCHED_GRACE and kernel_id not in self._unobserved:
+            self._unobserved[kernel_id] = now
+            self.capabilities.lose(
+                f"Activity of the kernels of {type(self.km).__name__} cannot be followed "
+                "(no IOPub watcher runs for them)",
+                "they are never culled, and keep the server up until max_busy_time",
+            )
+            self.tracker.changed.set()
 
     @staticmethod
     async def _is_alive(kernel: Any) -> bool:
@@ -224,6 +302,10 @@ class KernelWatcher(BaseSource):
                 found[pid] = ("kernel", kernel_id)
         return found
 
+    def state(self, kernel_id: str) -> KernelState | None:
+        """A kernel's state as the last ``states()`` built it."""
+        return self._states.get(kernel_id)
+
     def states(self) -> tuple[KernelState, ...]:
         """Each kernel's state; a kernel's previous state object while nothing about it changed
         (compared field by field, allocating nothing: at thousands of kernels a check's garbage
@@ -237,8 +319,13 @@ class KernelWatcher(BaseSource):
             record = records.get(key)
             if record is None:
                 continue
-            open_connections = connections(kernel_id)
+            remote = self._remote.get(kernel_id, "")
+            if remote and self.gateway is not None:
+                open_connections: int | None = self.gateway.connections(kernel_id)
+            else:
+                open_connections = connections(kernel_id)
             dead = dead_since.get(kernel_id)
+            unobserved = self._unobserved.get(kernel_id)
             state = built.get(kernel_id)
             if (
                 state is None
@@ -249,6 +336,8 @@ class KernelWatcher(BaseSource):
                 or state.computing_since != record.computing_since
                 or state.computing != record.computing
                 or state.name != record.name
+                or state.unobserved_since != unobserved
+                or state.remote != remote
             ):
                 state = built[kernel_id] = KernelState(
                     id=kernel_id,
@@ -260,15 +349,28 @@ class KernelWatcher(BaseSource):
                     computing_since=record.computing_since,
                     computing=record.computing,
                     timeout_override=self._overrides.get(kernel_id),
+                    remote=remote,
+                    unobserved_since=unobserved,
                 )
             states.append(state)
         return tuple(states)
 
+    def explain(self) -> str:
+        if self.gateway is None:
+            return "kernels"
+        return f"kernels (on the gateway {self.gateway.url}, read from the messages relayed)"
+
     async def stop(self) -> None:
         self.detach_all()
+        if self.gateway is not None:
+            self.gateway.close()
 
 
 def make(context: Context) -> KernelWatcher:
-    return KernelWatcher(
-        context.serverapp.kernel_manager, context.tracker, context.log, context.capabilities
-    )
+    km = context.serverapp.kernel_manager
+    gateway = None
+    if is_gateway_manager(km):
+        gateway = GatewayRelay(
+            context.serverapp.web_app, km, context.tracker, context.capabilities, context.log
+        )
+    return KernelWatcher(km, context.tracker, context.log, context.capabilities, gateway)

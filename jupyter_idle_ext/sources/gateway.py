@@ -1,0 +1,169 @@
+"""Kernels on a gateway (Jupyter Enterprise Gateway, Kernel Gateway): their activity, read where
+the server relays their messages.
+
+A server started with ``--gateway-url`` runs no kernel itself: jupyter_server's IOPub watcher
+never runs, and the kernel model it keeps (``last_activity``, ``execution_state``,
+``connections``) only moves when something lists the kernels, and then copies the gateway's own
+view, in which Enterprise Gateway counts every IOPub message (a reconnecting tab's
+``kernel_info`` too). So neither is read here. Instead each message the gateway sends a tab is
+judged as jupyter_server judges a local kernel's (``track_message_type``): execution, output of a
+running cell, completion and inspection count; ``kernel_info``/``comm_info`` and their status
+bursts do not. The busy period comes from the status messages a tracked request causes.
+
+While no tab is connected nothing is relayed: then the gateway's ``execution_state`` (polled
+with the kernel's liveness, see ``kernels.py``) says whether a cell still runs. Open connections
+are counted at the relay, one per tab of this server (the gateway's count includes its other
+clients).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from ..activity import ActivityTracker
+from ..compat import Capabilities, observe_gateway_relay
+
+_DECODER = json.JSONDecoder()
+
+
+def message_types(raw: str | bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(channel, msg_type, parent msg_type, execution_state) of a relayed message.
+
+    Only the small headers are decoded where the frame has the gateway's key order (header,
+    ..., content, channel last): a megabyte of output costs what a status message costs.
+    """
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        start = raw.index('"header"')
+        header, _ = _DECODER.raw_decode(raw, raw.index("{", start))
+        start = raw.index('"parent_header"')
+        parent, _ = _DECODER.raw_decode(raw, raw.index("{", start))
+        at = raw.rindex('"channel"')
+        channel = raw[raw.index('"', at + 9) + 1 :].split('"', 1)[0]
+        state = None
+        if header.get("msg_type") == "status":
+            at = raw.index('"execution_state"')
+            state = raw[raw.index('"', at + 17) + 1 :].split('"', 1)[0]
+    except (ValueError, AttributeError):
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return "", None, None, None
+        header, parent = msg.get("header") or {}, msg.get("parent_header") or {}
+        channel = msg.get("channel") or ""
+        state = (msg.get("content") or {}).get("execution_state")
+    return channel, header.get("msg_type"), (parent or {}).get("msg_type"), state
+
+
+class GatewayRelay:
+    """Reads the messages jupyter_server relays between tabs and gateway kernels."""
+
+    def __init__(
+        self,
+        web_app: Any,
+        kernel_manager: Any,
+        tracker: ActivityTracker,
+        capabilities: Capabilities,
+        log: Any,
+    ) -> None:
+        self.km = kernel_manager
+        self.tracker = tracker
+        self.log = log
+        # open relays (tabs) per kernel id
+        self.open: dict[str, int] = {}
+        # each kernel's state as its relayed status messages tell it
+        self.states: dict[str, str] = {}
+        track = getattr(kernel_manager, "track_message_type", None)
+        self.track: Callable[[str | None], bool] = (
+            track if callable(track) else (lambda msg_type: True)
+        )
+        self.url = _gateway_url()
+        # None when the relay cannot be observed: then the kernels are not followed (kernels.py
+        # keeps them, never culled)
+        self.restore = observe_gateway_relay(web_app, self._observe, capabilities)
+
+    @property
+    def seen(self) -> bool:
+        return self.restore is not None
+
+    def connections(self, kernel_id: str) -> int:
+        return self.open.get(kernel_id, 0)
+
+    def relayed(self, kernel_id: str, raw: str | bytes) -> None:
+        """One message from the gateway to a tab."""
+        channel, msg_type, parent_type, state = message_types(raw)
+        if channel != "iopub" or msg_type is None:
+            return
+        if state is not None and self.track(parent_type):
+            self.set_state(kernel_id, state)  # both ends of a busy period are activity
+        elif (
+            self.track(msg_type) or self.track(parent_type) or self.states.get(kernel_id) == "busy"
+        ):
+            self.tracker.touch("kernel", kernel_id)
+
+    def set_state(self, kernel_id: str, state: str) -> None:
+        """The kernel is busy or idle (from a relayed status, or the gateway's model)."""
+        before = self.states.get(kernel_id)
+        if state == before:
+            return
+        self.states[kernel_id] = state
+        if state == "busy":
+            self.tracker.set_busy("kernel", kernel_id, True)
+        elif before == "busy":
+            # the end of a busy period; a first "idle" (starting, a first poll) is not activity
+            self.tracker.set_busy("kernel", kernel_id, False)
+
+    def polled(self, kernel_id: str, state: str | None) -> None:
+        """The gateway's model was read: with no tab connected, its state is all there is."""
+        if self.open.get(kernel_id, 0) == 0 and state in ("busy", "idle"):
+            self.set_state(kernel_id, state)
+
+    def forget(self, kernel_id: str) -> None:
+        self.open.pop(kernel_id, None)
+        self.states.pop(kernel_id, None)
+
+    def _observe(self, connection_class: type) -> type:
+        relay = self
+
+        class Observed(connection_class):  # type: ignore[valid-type,misc,unused-ignore]
+            _idle_ext_open = False
+
+            async def connect(self) -> Any:
+                # called again on each reconnect to the gateway: one tab counts once
+                if not self._idle_ext_open:
+                    self._idle_ext_open = True
+                    relay.open[self.kernel_id] = relay.open.get(self.kernel_id, 0) + 1
+                return await super().connect()
+
+            def disconnect(self) -> Any:
+                if self._idle_ext_open:
+                    self._idle_ext_open = False
+                    left = relay.open.get(self.kernel_id, 1) - 1
+                    relay.open[self.kernel_id] = max(0, left)
+                return super().disconnect()
+
+            def handle_outgoing_message(self, incoming_msg: Any, *args: Any) -> Any:
+                try:
+                    relay.relayed(self.kernel_id, incoming_msg)
+                except Exception as e:  # never lose the tab's message to our reading of it
+                    relay.log.debug("Could not read a relayed message: %s", e)
+                return super().handle_outgoing_message(incoming_msg, *args)
+
+        Observed.__name__ = Observed.__qualname__ = connection_class.__name__
+        return Observed
+
+    def close(self) -> None:
+        if self.restore is not None:
+            self.restore()
+            self.restore = None
+
+
+def _gateway_url() -> str:
+    try:
+        from jupyter_server.gateway.gateway_client import GatewayClient
+
+        return str(GatewayClient.instance().url or "")
+    except Exception:
+        return ""
