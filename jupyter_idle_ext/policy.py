@@ -322,6 +322,11 @@ def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float, str] 
             pid = source.id.split("@")[0]
             what = f"process {pid} `{source.name}` at {source.detail}"
             return what + " for {busy}", source.busy_since, f"process `{source.name}` working"
+        if source.kind == "job":
+            if capped(source.busy_since):
+                continue
+            detail = f", {source.detail}" if source.detail else ""
+            return f"{source.name}{detail} busy for {{busy}}", source.busy_since, "job running"
         return f"{source.name} busy for {{busy}}", source.busy_since, f"{source.name} busy"
     return None
 

@@ -82,7 +82,7 @@ async def test_without_the_optional_packages_nothing_of_theirs_is_followed(
         pytest.skip("this venv has the optional packages (the test runs in the main one)")
     assert idle_app.sources.get("proxy") is None
     names = [s.name for s in idle_app.sources]
-    assert names == ["kernels", "terminals", "documents", "api", "processes"], names
+    assert names == ["kernels", "terminals", "documents", "api", "jobs", "processes"], names
     routes = handler_rules(jp_serverapp.web_app, object)
     observed = {"jupyter_idle_ext.sources.proxy", "jupyter_idle_ext.sources.collaboration"}
     assert routes and not [r for r in routes if r.target.__module__ in observed]

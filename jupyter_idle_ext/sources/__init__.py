@@ -8,6 +8,8 @@ them by.
 | documents.py | document writes (saves, uploads, renames, copies, deletes) |
 | collaboration.py | edits in a jupyter-collaboration room |
 | proxy.py | input from the person to apps behind jupyter-server-proxy |
+| gateway.py | kernels on a gateway (part of the kernels source: what the server relays) |
+| jobs.py | kernels that this server's processes start (notebook jobs), while busy |
 | processes.py | CPU (gpus.py: GPU) work of processes this server started |
 | api.py | what another extension reports through the public API |
 
@@ -104,7 +106,7 @@ Factory = Callable[[Context], Optional[Source]]
 
 def _factories() -> list[Factory]:
     # imported here: each module imports this one for the protocol
-    from . import api, collaboration, documents, kernels, processes, proxy, terminals
+    from . import api, collaboration, documents, jobs, kernels, processes, proxy, terminals
 
     # the order they start and are listed in; processes last, it asks the others what they own
     return [
@@ -114,6 +116,7 @@ def _factories() -> list[Factory]:
         collaboration.make,
         proxy.make,
         api.make,
+        jobs.make,
         processes.make,
     ]
 

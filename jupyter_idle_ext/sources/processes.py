@@ -86,12 +86,40 @@ class Tracked:
     window_start: float = 0.0
 
 
+@dataclass(frozen=True)
+class JobKernel:
+    """A kernel of ours that no kernel manager of this server runs, and what started it."""
+
+    pid: int
+    created: float
+    connection_file: str
+    # its pid, then its parents' up to (not including) the server, a terminal or the first
+    # process that is not ours
+    chain: tuple[int, ...]
+    # the last of the chain is a child of the server itself (a jupyter-scheduler job)
+    server_child: bool = False
+
+
 @dataclass
 class ScanResult:
     samples: dict[tuple[int, float], Sample] = field(default_factory=dict)
     commands: dict[tuple[int, float], str] = field(default_factory=dict)
     parents: dict[int, int] = field(default_factory=dict)
+    # ours that are kernels (a ``-f`` connection file on their command line): pid -> the file
+    kernels: dict[int, str] = field(default_factory=dict)
     took: float = 0.0
+
+
+def connection_file(cmdline: list[str]) -> str | None:
+    """The connection file of a kernel's command line (``ipykernel_launcher -f FILE``, the form
+    every jupyter_client launch takes), or None for any other program."""
+    for flag, value in zip(cmdline, cmdline[1:]):
+        if flag in ("-f", "--f") and value.endswith(".json"):
+            return value
+    for word in cmdline:
+        if word.startswith("--f=") and word.endswith(".json"):
+            return word[4:]
+    return None
 
 
 def short_command(cmdline: list[str], limit: int = 60) -> str:
@@ -112,6 +140,7 @@ class Scanner:
         # (pid, create time) -> ours or not, and the command line of ours: read once per process
         self._ours: dict[tuple[int, float], bool] = {}
         self._commands: dict[tuple[int, float], str] = {}
+        self._kernels: dict[tuple[int, float], str | None] = {}
 
     def _is_ours(self, proc: psutil.Process) -> bool:
         try:
@@ -141,18 +170,24 @@ class Scanner:
                 times = proc.cpu_times()
                 command = self._commands.get(key)
                 if command is None:
-                    command = short_command(proc.cmdline())
+                    cmdline = proc.cmdline()
+                    command = short_command(cmdline)
                     # a process this young may not have exec'd its program yet: read it again
                     if time.time() - created > EXEC_SETTLED:
                         self._commands[key] = command
+                        self._kernels[key] = connection_file(cmdline)
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
             result.commands[key] = command
+            kernel_file = self._kernels.get(key)
+            if kernel_file is not None:
+                result.kernels[pid] = kernel_file
             cpu_time = times.user + times.system
             result.samples[key] = Sample(pid, ppid, cpu_time, time.monotonic())
         for key in set(self._ours) - alive:
             del self._ours[key]
             self._commands.pop(key, None)
+            self._kernels.pop(key, None)
         result.took = time.monotonic() - started
         return result
 
@@ -177,6 +212,7 @@ class ProcessWatcher(BaseSource):
         log: Any,
         nvml: Any = None,
         stopping: Any = set,
+        kernels_found: Any = None,
     ) -> None:
         self.tracker = tracker
         self.scanner = Scanner(marker)
@@ -187,6 +223,9 @@ class ProcessWatcher(BaseSource):
         self.owners = owners
         # () -> ids of the kernels and terminals being stopped: their processes wind down
         self.stopping = stopping
+        # ({pid: JobKernel}) -> None: told the kernels of ours no kernel manager of this server
+        # runs (a job's: papermill, nbconvert, jupyter-scheduler), at each scan
+        self.kernels_found = kernels_found
         self.log = log
         self.gpus = Gpus(nvml, log) if gpu_threshold > 0 else None
         self.tracked: dict[tuple[int, float], Tracked] = {}
@@ -257,6 +296,10 @@ class ProcessWatcher(BaseSource):
         self.last_scan = time.monotonic()
         owners = self.owners()
         stopping = self.stopping()
+        job_kernels = self._job_kernels(result, owners)
+        # a job's kernel and the processes that run it (a scheduler's executor, papermill) are
+        # the person's work, not the server's helpers
+        jobs = {pid for kernel in job_kernels.values() for pid in kernel.chain}
         for key, sample in result.samples.items():
             tracked = self.tracked.get(key)
             if tracked is None:
@@ -282,7 +325,7 @@ class ProcessWatcher(BaseSource):
             elif tracked.was_own_process or own is not None:
                 tracked.retired = True
             tracked.owner, tracked.helper = _lineage(
-                sample.pid, result.parents, owners, self.scanner.own_pid
+                sample.pid, result.parents, owners, self.scanner.own_pid, jobs
             )
             self._update(key, tracked)
         for key in set(self.tracked) - set(result.samples):
@@ -290,6 +333,36 @@ class ProcessWatcher(BaseSource):
             if tracked.working:
                 self._stopped(key, tracked, "ended")
             self.tracker.remove("process", _record_id(key))
+
+    def _job_kernels(self, result: ScanResult, owners: dict[int, Any]) -> dict[int, JobKernel]:
+        """Our kernels that no kernel manager of this server runs, with what started them."""
+        found: dict[int, JobKernel] = {}
+        if not result.kernels:
+            if self.kernels_found is not None:
+                self.kernels_found(found)
+            return found
+        commands = {key[0]: command for key, command in result.commands.items()}
+        created = {key[0]: key[1] for key in result.samples}
+        for pid, path in result.kernels.items():
+            if pid in owners:
+                continue  # a kernel of this server's kernel manager
+            chain = [pid]
+            parent = result.parents.get(pid, 0)
+            while parent and parent != self.scanner.own_pid and parent in commands:
+                if parent in owners:
+                    break  # the terminal (or kernel) it was started from
+                chain.append(parent)
+                parent = result.parents.get(parent, 0)
+            found[pid] = JobKernel(
+                pid=pid,
+                created=created.get(pid, 0.0),
+                connection_file=path,
+                chain=tuple(chain),
+                server_child=parent == self.scanner.own_pid,
+            )
+        if self.kernels_found is not None:
+            self.kernels_found(found)
+        return found
 
     def _explained(self, tracked: Tracked) -> bool:
         """A kernel's own process executed a cell during the window: its CPU was the cell's."""
@@ -377,6 +450,7 @@ def make(context: Context) -> ProcessWatcher | None:
         log=context.log,
         nvml=load_nvml() if gpu > 0 else None,
         stopping=context.stopping,
+        kernels_found=getattr(context.made.get("jobs"), "found", None),
     )
     watcher.start()
     return watcher
@@ -394,10 +468,17 @@ def _record_id(key: tuple[int, float]) -> str:
 
 
 def _lineage(
-    pid: int, parents: dict[int, int], owners: dict[int, tuple[str, str]], server: int
+    pid: int,
+    parents: dict[int, int],
+    owners: dict[int, tuple[str, str]],
+    server: int,
+    jobs: set[int] | frozenset[int] = frozenset(),
 ) -> tuple[tuple[str, str] | None, bool]:
     """The kernel, terminal or app whose process this is or which started it, if any; and
-    whether the server process itself started it otherwise (a helper of the server's)."""
+    whether the server process itself started it otherwise (a helper of the server's: a
+    language server, say). A job's kernel and what runs it (``jobs``) are never helpers."""
+    if pid in jobs:
+        return None, False
     seen = 0
     while pid and seen < 64:
         owner = owners.get(pid)

@@ -1,0 +1,305 @@
+"""Kernels that this server's processes start: notebook jobs (jupyter-scheduler, papermill,
+``jupyter nbconvert --execute``, ``jupyter execute``, any nbclient or jupyter_client script).
+
+They run outside the server's kernel manager, so no IOPub watcher of the server sees them, and a
+job whose cell waits on a query uses no CPU. The process source finds them at each scan (a
+process of ours with a ``-f`` connection file on its command line that no kernel manager of this
+server runs) and tells this source, which follows each one as a client would, read-only: it
+subscribes to the kernel's IOPub with the key from the connection file (readable by the server's
+own user, as the kernel is), and sends one ``kernel_info_request`` when it starts following:
+a kernel busy with a cell answers only after it, so no answer within a second means busy. From
+then on the busy periods of execution requests are the job's work (``kernel_info`` and
+``comm_info`` bursts are not); ``max_busy_time`` caps it as it caps a busy kernel.
+
+A job is named by what started it: "job `nightly` running `report.ipynb`" (jupyter-scheduler,
+from its job record), "papermill `train.ipynb`", "nbconvert `report.ipynb`". At the stop, each
+jupyter-scheduler job still running is stopped through the scheduler (its record says STOPPED),
+and every job kernel and the processes that ran it are ended: none is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import psutil
+
+from ..activity import ActivityTracker
+from . import BaseSource, Context
+from .processes import JobKernel
+
+# a kernel that answers kernel_info within this is not executing anything
+PROBE_TIMEOUT = 1.0
+# how long a job's processes get to end after SIGTERM at the stop, before SIGKILL
+STOP_TIMEOUT = 3.0
+# what names the notebook a job runs: the program, and where its notebook is in its arguments
+RUNNERS = {
+    "papermill": "papermill",
+    "jupyter-nbconvert": "nbconvert",
+    "jupyter-execute": "jupyter execute",
+    "jupyter-papermill": "papermill",
+}
+
+
+def describe_job(cmdlines: list[list[str]]) -> str:
+    """A job in a few words, from the command lines of its kernel's parents (nearest first)."""
+    for words in cmdlines:
+        if not words:
+            continue
+        program, rest = os.path.basename(words[0]), words[1:]
+        if program.startswith("python"):
+            if rest[:1] == ["-m"] and len(rest) > 1:
+                program, rest = rest[1].replace("_", "-"), rest[2:]
+            elif rest and not rest[0].startswith("-"):
+                program, rest = os.path.basename(rest[0]), rest[1:]
+        if program == "jupyter" and rest and not rest[0].startswith("-"):
+            program, rest = f"jupyter-{rest[0]}", rest[1:]
+        runner = RUNNERS.get(program)
+        if runner is None:
+            continue
+        notebooks = [w for w in rest if w.endswith(".ipynb")]
+        return f"{runner} `{notebooks[0]}`" if notebooks else runner
+    parent = " ".join(cmdlines[0]) if cmdlines and cmdlines[0] else "?"
+    return f"kernel started by `{parent[:60]}`"
+
+
+@dataclass
+class Followed:
+    """One job kernel being followed."""
+
+    kernel: JobKernel
+    name: str
+    process: psutil.Process | None
+    task: asyncio.Task[None] | None = None
+    # the job's processes (its kernel's parents below the server), to end at the stop
+    runners: list[psutil.Process] = field(default_factory=list)
+
+
+class JobKernels(BaseSource):
+    """Follows the kernels of jobs this server's processes started."""
+
+    name = "jobs"
+
+    def __init__(
+        self,
+        tracker: ActivityTracker,
+        log: Any,
+        track: Callable[[str | None], bool],
+        scheduler: Any = None,
+    ) -> None:
+        self.tracker = tracker
+        self.log = log
+        # jupyter_server's rule for what a message's type says (kernel_info is not activity)
+        self.track = track
+        # jupyter-scheduler's scheduler in this server, when it runs here
+        self.scheduler = scheduler
+        self.followed: dict[int, Followed] = {}
+
+    def explain(self) -> str:
+        return "notebook jobs' kernels while busy (jupyter-scheduler, papermill, nbconvert)"
+
+    # -- what the process scan finds ----------------------------------------------------------
+
+    def found(self, kernels: dict[int, JobKernel]) -> None:
+        """The job kernels alive at this scan (called by the process source)."""
+        for pid in set(self.followed) - set(kernels):
+            self._forget(pid, "ended")
+        for pid, kernel in kernels.items():
+            known = self.followed.get(pid)
+            if known is not None and known.kernel.created == kernel.created:
+                continue
+            if known is not None:
+                self._forget(pid, "ended")
+            self._follow(kernel)
+
+    def _follow(self, kernel: JobKernel) -> None:
+        try:
+            process: psutil.Process | None = psutil.Process(kernel.pid)
+        except psutil.Error:
+            process = None
+        runners, cmdlines = [], []
+        for pid in kernel.chain[1:]:
+            with contextlib.suppress(psutil.Error):
+                runner = psutil.Process(pid)
+                runners.append(runner)
+                cmdlines.append(runner.cmdline())
+        name = self._scheduler_job(kernel) or describe_job(cmdlines)
+        followed = Followed(kernel, name, process, runners=runners)
+        self.followed[kernel.pid] = followed
+        self.tracker.add("job", self._id(kernel), name)
+        followed.task = asyncio.ensure_future(self._watch(followed))
+        self.log.info("Following the kernel (pid %d) of %s.", kernel.pid, name)
+
+    def _forget(self, pid: int, how: str) -> None:
+        followed = self.followed.pop(pid)
+        if followed.task is not None:
+            followed.task.cancel()
+        key = ("job", self._id(followed.kernel))
+        record = self.tracker.records.get(key)
+        if record is not None and record.busy_since is not None:
+            self.tracker.set_busy(*key, False)
+        self.tracker.remove(*key)
+        self.log.info("The kernel (pid %d) of %s %s.", pid, followed.name, how)
+
+    @staticmethod
+    def _id(kernel: JobKernel) -> str:
+        return f"{kernel.pid}@{kernel.created:.2f}"
+
+    def _scheduler_job(self, kernel: JobKernel) -> str | None:
+        """'job `name` running `file`' for a jupyter-scheduler job's kernel."""
+        job = self._job_record(kernel.chain[-1]) if kernel.server_child else None
+        if job is None:
+            return None
+        return f"job `{job.name}` running `{job.input_filename}`"
+
+    def _job_record(self, pid: int) -> Any:
+        if self.scheduler is None:
+            return None
+        try:
+            from jupyter_scheduler.models import Status
+            from jupyter_scheduler.orm import Job
+
+            with self.scheduler.db_session() as session:
+                return (
+                    session.query(Job)
+                    .filter(Job.pid == pid, Job.status == Status.IN_PROGRESS)
+                    .first()
+                )
+        except Exception as e:
+            self.log.debug("Could not read jupyter-scheduler's jobs: %s", e)
+            return None
+
+    # -- following one kernel -------------------------------------------------------------------
+
+    async def _watch(self, followed: Followed) -> None:
+        import zmq
+        import zmq.asyncio
+        from jupyter_client.session import Session
+
+        kernel = followed.kernel
+        key = ("job", self._id(kernel))
+        try:
+            with open(kernel.connection_file) as f:
+                info = json.load(f)
+        except (OSError, ValueError) as e:
+            # unknown means working: its CPU still counts through the process source
+            self.log.warning(
+                "Cannot read the connection file of %s (%s): it counts only while it uses CPU.",
+                followed.name,
+                e,
+            )
+            return
+        session = Session(
+            key=str(info.get("key", "")).encode(),
+            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+        )
+        address = f"{info.get('transport', 'tcp')}://{info['ip']}:"
+        context = zmq.asyncio.Context.instance()
+        iopub = context.socket(zmq.SUB)
+        shell = context.socket(zmq.DEALER)
+        try:
+            iopub.setsockopt(zmq.SUBSCRIBE, b"")
+            iopub.connect(address + str(info["iopub_port"]))
+            shell.connect(address + str(info["shell_port"]))
+            await asyncio.sleep(0.2)  # the subscription reaches the kernel
+            session.send(shell, "kernel_info_request", {})
+            if not await shell.poll(PROBE_TIMEOUT * 1000):
+                # executing a cell: a kernel answers kernel_info only between requests
+                self.tracker.set_busy(*key, True, name=followed.name)
+            while True:
+                parts = await iopub.recv_multipart()
+                self._message(followed, key, session, parts)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.warning("Stopped following the kernel of %s: %s", followed.name, e)
+        finally:
+            iopub.close(linger=0)
+            shell.close(linger=0)
+
+    def _message(
+        self, followed: Followed, key: tuple[str, str], session: Any, parts: list[bytes]
+    ) -> None:
+        _, message_parts = session.feed_identities(parts)
+        msg = session.deserialize(message_parts, content=True)
+        msg_type = msg["header"].get("msg_type")
+        parent = (msg.get("parent_header") or {}).get("msg_type")
+        if msg_type == "status" and self.track(parent):
+            busy = msg["content"].get("execution_state") == "busy"
+            self.tracker.set_busy(*key, busy, name=followed.name)
+            if not busy:
+                self._cell(key, None)
+        elif self.track(msg_type) or self.track(parent):
+            self.tracker.touch(*key)
+        if msg_type == "execute_input":
+            # comes after the cell's "busy": which cell runs, for people
+            self._cell(key, msg["content"].get("execution_count"))
+
+    def _cell(self, key: tuple[str, str], count: int | None) -> None:
+        record = self.tracker.records.get(key)
+        if record is not None:
+            record.detail = f"cell {count}" if count else ""
+
+    # -- the stop -------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop every job this server started: through jupyter-scheduler where it runs them
+        (so its record says STOPPED), then end each job kernel and the processes that ran it."""
+        followed, self.followed = list(self.followed.values()), {}
+        for job in followed:
+            if job.task is not None:
+                job.task.cancel()
+        if not followed:
+            return
+        for job in followed:
+            if job.kernel.server_child and self.scheduler is not None:
+                record = self._job_record(job.kernel.chain[-1])
+                if record is not None:
+                    try:
+                        self.scheduler.stop_job(record.job_id)
+                        self.log.warning("Stopped %s (jupyter-scheduler's job).", job.name)
+                    except Exception as e:
+                        self.log.error(
+                            "Could not stop %s through jupyter-scheduler: %s", job.name, e
+                        )
+        processes = [p for job in followed for p in (job.process, *job.runners) if p is not None]
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        loop = asyncio.get_running_loop()
+        _, alive = await loop.run_in_executor(
+            None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
+        )
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        for job in followed:
+            self.log.warning("Stopped %s (kernel pid %d).", job.name, job.kernel.pid)
+        if alive:
+            self.log.warning(
+                "Killed what did not end within %g s: %s",
+                STOP_TIMEOUT,
+                ", ".join(f"pid {p.pid}" for p in alive),
+            )
+
+
+def make(context: Context) -> JobKernels | None:
+    """Where the process source runs (it finds the job kernels)."""
+    if context.marker is None:
+        return None
+    km = context.serverapp.kernel_manager
+    track = getattr(km, "track_message_type", None)
+    if not callable(track):
+        untracked = {"kernel_info_request", "kernel_info_reply", "comm_info_request", "status"}
+
+        def track(msg_type: str | None) -> bool:
+            return msg_type not in untracked
+
+    scheduler = context.serverapp.web_app.settings.get("scheduler")
+    if scheduler is not None and not callable(getattr(scheduler, "db_session", None)):
+        scheduler = None
+    return JobKernels(context.tracker, context.log, track, scheduler)
