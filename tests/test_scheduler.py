@@ -1,0 +1,89 @@
+"""jupyter-scheduler's jobs (S19): a job whose cell waits keeps the server until it completes,
+named by the scheduler's own record; then the server stops on time. A job still running at the
+stop is stopped through the scheduler (its record says STOPPED) and leaves no process behind.
+jupyter-scheduler adds to JupyterLab, so these run in .venv-apps (marker ``apps``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from servers import ServerProcess, wait_until
+from test_jobs import TIMEOUT, notebook
+
+pytestmark = [pytest.mark.apps, pytest.mark.timeout(180)]
+
+
+def scheduler_server(start_server: Any, tmp_path: Path, *args: str) -> ServerProcess:
+    return start_server(
+        f"--IdleExtension.server_idle_timeout={TIMEOUT}",
+        "--IdleExtension.shutdown_warning=2",
+        "--IdleExtension.process_check_interval=1",
+        f"--SchedulerApp.db_url=sqlite:///{tmp_path}/scheduler.sqlite",
+        f"--Scheduler.staging_path={tmp_path}/staging",
+        *args,
+    )
+
+
+def start_job(server: ServerProcess, name: str, path: str) -> str:
+    body = {
+        "input_uri": path,
+        "runtime_environment_name": "python3",
+        "name": name,
+        "output_formats": ["ipynb"],
+    }
+    status, answer = server.request("POST", "/scheduler/jobs", body)
+    assert status == 200, answer
+    return str(answer["job_id"])
+
+
+def job_status(server: ServerProcess, job_id: str) -> str:
+    status, job = server.request("GET", f"/scheduler/jobs/{job_id}", track=False)
+    assert status == 200, job
+    return str(job["status"])
+
+
+def test_a_waiting_job_keeps_the_server_until_it_completes(
+    start_server: Any, tmp_path: Path
+) -> None:
+    server = scheduler_server(start_server, tmp_path)
+    notebook(server.root / "report.ipynb", "import time\ntime.sleep(3)", "time.sleep(25)")
+    job_id = start_job(server, "nightly", "report.ipynb")
+    server.wait_log("Following the kernel", 30)
+    _, doc = server.request("GET", "/api/idle", track=False)
+    jobs = [s for s in doc["sources"] if s["kind"] == "job"]
+    assert jobs and jobs[0]["name"] == "job `nightly` running `report.ipynb`", doc["sources"]
+    started = time.monotonic()
+    while job_status(server, job_id) == "IN_PROGRESS":
+        assert server.running, f"stopped while the job ran:\n{server.log()[-3000:]}"
+        assert time.monotonic() - started < 90, "the job never ended"
+        time.sleep(0.5)
+    ended = time.monotonic()
+    assert job_status(server, job_id) == "COMPLETED"
+    # the job's end is seen at the next scan; then the usual timeout
+    assert server.wait_exit(TIMEOUT + 20) == 0
+    after = time.monotonic() - ended
+    assert TIMEOUT - 2 <= after <= TIMEOUT + 6, (after, server.log()[-3000:])
+
+
+def test_a_job_running_at_the_stop_is_stopped_through_the_scheduler(
+    start_server: Any, tmp_path: Path
+) -> None:
+    server = scheduler_server(start_server, tmp_path, "--IdleExtension.max_busy_time=10")
+    notebook(server.root / "long.ipynb", "import time\ntime.sleep(300)")
+    job_id = start_job(server, "endless", "long.ipynb")
+    server.wait_log("Following the kernel", 30)
+    children = wait_until(lambda: psutil.Process(server.proc.pid).children(recursive=True), 10)
+    assert server.wait_exit(60) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+    log = server.log()
+    assert "Stopped job `endless` running `long.ipynb` (jupyter-scheduler's job)" in log
+    with sqlite3.connect(tmp_path / "scheduler.sqlite") as db:
+        (status,) = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    assert status == "STOPPED"
