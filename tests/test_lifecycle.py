@@ -58,15 +58,14 @@ async def test_a_failure_while_stopping_is_logged_not_raised(
         raise RuntimeError("a source failed to stop")
 
     monkeypatch.setattr(idle_app.culler, "close", broken)
-    # the first one stopped (the last made)
-    monkeypatch.setattr(idle_app.sources.all[-1], "stop", broken_source)
-    documents = idle_app.sources.get("documents")
+    monkeypatch.setattr(idle_app.sources.get("documents"), "stop", broken_source)
+    terminals = idle_app.sources.get("terminals")
     with caplog.at_level(logging.ERROR):
         await idle_app.stop_extension()
     assert "detaching failed" in caplog.text
     assert "a source failed to stop" in caplog.text
-    # the sources after it were still stopped: the contents manager is unwrapped
-    assert "emit" not in documents.cm.__dict__
+    # the sources stopped after it were still stopped: the terminals' hook is put back
+    assert terminals.tm.pre_pty_read_hook == terminals._original_hook
     assert idle_app._tasks == []
     await idle_app.stop_extension()  # and again, as the fixture's teardown does
 
