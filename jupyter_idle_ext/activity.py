@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from .policy import KernelState, Snapshot, SourceState, TerminalState
+from .policy import KernelState, ScheduledRun, Snapshot, SourceState, TerminalState
 
 Clock = Callable[[], float]
 
@@ -79,6 +79,8 @@ class ActivityTracker:
         self.stop_when_done: float | None = None
         # the source of the server's last activity, to name it in reasons
         self.last_record: Record | None = None
+        # the next run of each scheduled job (they run only while the server is up)
+        self.scheduled: tuple[ScheduledRun, ...] = ()
         # moves on every change, so a reader knows whether the loop's last plan saw it
         self.generation = 0
 
@@ -190,6 +192,13 @@ class ActivityTracker:
             self.changed.set()
         return changed
 
+    def set_scheduled(self, runs: tuple[ScheduledRun, ...]) -> None:
+        """The scheduled runs ahead, soonest first."""
+        if runs != self.scheduled:
+            self.scheduled = runs
+            self.generation += 1
+            self.changed.set()
+
     def of_kind(self, kind: str) -> list[Record]:
         return [r for r in self.records.values() if r.kind == kind]
 
@@ -226,5 +235,6 @@ def snapshot(
         sources=sources,
         keepalive_until=tracker.keepalive_until,
         stop_when_done=tracker.stop_when_done,
+        scheduled=tracker.scheduled,
         last_source=last.describe() if last is not None else None,
     )

@@ -146,8 +146,9 @@ class IdleCuller:
         ):
             previous = self.snapshot, self.plan
         plan = decide(snap, self.config, previous)
-        if _stops_something(plan):
-            # what started since a source last looked must not lose to its phase
+        if _stops_something(plan) or (plan.server.action == "warn" and self._warned is None):
+            # what started since a source last looked must not lose to its phase (and a new
+            # warning names what the stop would cancel as it is now)
             for source in self.sources:
                 await source.recheck()
             generation, snap = self.tracker.generation, self.take_snapshot()
@@ -333,7 +334,11 @@ class IdleCuller:
             # rule (stop when done, where each save pushes the deadline a little) is logged only
             if warned is None or warned[0] != decision.rule or decision.deadline < warned[1] - 1:
                 self.log.warning(
-                    "The server will shut down at %s (in %d s): %s.", at, left, decision.rule
+                    "The server will shut down at %s (in %d s): %s%s.",
+                    at,
+                    left,
+                    decision.rule,
+                    f"; {decision.cancels}" if decision.cancels else "",
                 )
                 self._server_event("shutdown_warned", decision, at=at)
                 self._warned = (decision.rule, decision.deadline)
@@ -364,7 +369,11 @@ class IdleCuller:
         if self.stopping:
             return
         self.stopping = True
-        self.log.warning("Shutting down the server: %s.", decision.reason)
+        self.log.warning(
+            "Shutting down the server: %s%s.",
+            decision.reason,
+            f"; {decision.cancels}" if decision.cancels else "",
+        )
         self._server_event("shutdown_started", decision)
         exit_promptly(asyncio.get_running_loop(), self.shutdown_grace, self.log)
         await self.stop_server(decision.reason)

@@ -286,6 +286,15 @@ class IdleOptions(Configurable):
         zero="disables keep-alives (the endpoint answers 403)",
     )
 
+    scheduled_run_wait = Seconds(
+        0,
+        help="Keep an idle server up for a scheduled notebook job (a jupyter-scheduler job "
+        "definition with a schedule, which runs only while the server is up) due within this "
+        "long after the idle shutdown would come. Off by default: on a hub that pays per "
+        "server-hour, a nightly run would keep every idle server up all evening; the warning, "
+        "the status and the log name the runs a stop cancels either way.",
+        zero="never waits for a scheduled run",
+    )
     process_check_interval = Seconds(
         15,
         help="How often this server's processes (everything it started, also after its parent "

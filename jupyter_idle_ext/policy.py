@@ -32,6 +32,8 @@ class PolicyConfig:
     server_idle_timeout: float
     max_server_age: float
     shutdown_warning: float
+    # keep an idle server up for a scheduled run due within this long of its idle shutdown
+    scheduled_run_wait: float = 0.0
 
     @property
     def terminal_timeout(self) -> float:
@@ -97,6 +99,21 @@ class SourceState:
 
 
 @dataclass(frozen=True)
+class ScheduledRun:
+    """The next run of a scheduled job (jupyter-scheduler's job definition), which runs only
+    while the server is up."""
+
+    name: str
+    # when it is due (monotonic), and the same as a UTC timestamp for people
+    due: float
+    at: str
+
+
+# how long after a scheduled run's due time the server waits for the run's kernel to be found
+SCHEDULED_RUN_START = 120.0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the rules need, read at one instant (``now``) on the monotonic clock."""
 
@@ -113,6 +130,8 @@ class Snapshot:
     last_source: str | None = None
     # when a user asked to stop the server once nothing works any more
     stop_when_done: float | None = None
+    # the next run of each scheduled job, soonest first
+    scheduled: tuple[ScheduledRun, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,8 @@ class Decision:
     clocks: tuple[tuple[str, float], ...] = ()
     # the server's: what works and keeps it, in a few words ("kernel busy"), its clock "busy"
     kept_by: str = ""
+    # the scheduled runs a shutdown at this decision's deadline cancels, for people
+    cancels: str = ""
 
     def reason_at(self, now: float) -> str:
         values = {name: _seconds(max(0.0, now - since)) for name, since in self.clocks}
@@ -176,6 +197,11 @@ class Plan:
 def stop_when_done_delay(config: Any) -> float:
     """Seconds after nothing works any more at which "stop when done" stops the server."""
     return float(config.shutdown_warning or STOP_WHEN_DONE_DELAY)
+
+
+def _literal(text: str) -> str:
+    """Text put into a reason template as it is (a job's name may hold braces)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _seconds(value: float) -> str:
@@ -372,6 +398,26 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             candidates.append(
                 (deadline, "server_idle_timeout", "idle {idle} >= server_idle_timeout {1}{2}")
             )
+    waiting_for = ""
+    if config.server_idle_timeout > 0 and busy is None and config.scheduled_run_wait > 0:
+        # a run due soon after the idle shutdown would be lost: wait for it, within the bound
+        idle_deadline = snapshot.last_activity + config.server_idle_timeout
+        for run in snapshot.scheduled:
+            due_soon = run.due <= idle_deadline + config.scheduled_run_wait
+            if now <= run.due + SCHEDULED_RUN_START and due_soon:
+                waiting_for = run.name
+                candidates = [
+                    c for c in candidates if c[1] not in ("server_idle_timeout", "keepalive")
+                ]
+                candidates.append(
+                    (
+                        max(idle_deadline, run.due + SCHEDULED_RUN_START),
+                        "scheduled_run_wait",
+                        f"the scheduled run of {_literal(run.name)} did not start, "
+                        "idle {idle} >= server_idle_timeout {1}",
+                    )
+                )
+                break
     if stop_when_done is not None and busy is None:
         # nothing works any more: stop a short while after it ended (or after the request)
         done = max(stop_when_done, snapshot.last_activity) + stop_when_done_delay(config)
@@ -408,29 +454,38 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
             kept_by=kept_by,
         )
     deadline, rule, fired = min(candidates)
+    lost = [r for r in snapshot.scheduled if r.due > deadline]
+    cancels = "; ".join(f"{r.name} at {r.at} will not run" for r in lost[:3])
     if now >= deadline:
-        return Decision("server", "", "shutdown", fired, now, deadline, rule, args, clocks)
+        return Decision(
+            "server", "", "shutdown", fired, now, deadline, rule, args, clocks, cancels=cancels
+        )
     if config.shutdown_warning > 0 and now >= deadline - config.shutdown_warning:
         return Decision(
             "server",
             "",
             "warn",
-            "shutting down in {left}: " + rule,
+            "shutting down in {left}: " + rule + (f"; {_literal(cancels)}" if cancels else ""),
             now,
             deadline,
             rule,
             args,
             clocks,
+            cancels=cancels,
         )
     if rule == "stop_when_done":
         template = "stop when done: nothing works, shutting down in {left}"
+    elif rule == "scheduled_run_wait":
+        template = f"waiting for the scheduled run of {_literal(waiting_for)}, shutting down in {{left}} at the latest"
     elif rule == "keepalive":
         template = "keep-alive in force, idle {idle}"
     elif rule == "server_idle_timeout":
         template = "idle {idle} of server_idle_timeout {1}{2}"
     else:
         template = (keep + "; " if keep else "") + "shuts down at max_server_age"
-    return Decision("server", "", "keep", template, now, deadline, rule, args, clocks, kept_by)
+    return Decision(
+        "server", "", "keep", template, now, deadline, rule, args, clocks, kept_by, cancels
+    )
 
 
 def horizon(config: PolicyConfig, kernels: tuple[KernelState, ...] = ()) -> float:

@@ -157,6 +157,17 @@ def build_status(
             "warning": warning,
             # what works and keeps the server (the policy's own pick), or None
             "kept_by": kept_by,
+            # the scheduled runs ahead, and whether the planned shutdown cancels each
+            "scheduled": [
+                {
+                    "name": run.name,
+                    "at": run.at,
+                    "cancelled": server.deadline is not None and run.due > server.deadline,
+                }
+                for run in snapshot.scheduled
+            ],
+            # the same in words: "`nightly` at 2026-12-06T02:00:00.000Z will not run"
+            "cancels": server.cancels or None,
         },
         "keepalive": keepalive,
         "keepalive_cap_seconds": keepalive_cap,

@@ -289,6 +289,34 @@ def test_a_kernel_that_cannot_be_followed_is_never_culled_and_keeps_the_server_t
     assert decide_kernel(unseen, c, T0 + 510).action == "keep"
 
 
+def test_a_scheduled_run_is_named_when_the_stop_cancels_it_and_waited_for_within_the_bound() -> (
+    None
+):
+    from jupyter_idle_ext.policy import SCHEDULED_RUN_START, ScheduledRun
+
+    nightly = ScheduledRun("`nightly`", T0 + 5000, "2026-12-06T02:00:00.000Z")
+    runs = {"scheduled": (nightly,)}
+    # off: the server stops at its idle deadline, and says which run will not happen
+    off = config(server_idle_timeout=600, shutdown_warning=60)
+    warn = decide_server(snapshot(550, **runs), off)
+    assert (warn.action, warn.deadline) == ("warn", T0 + 600), warn
+    assert warn.cancels == "`nightly` at 2026-12-06T02:00:00.000Z will not run"
+    assert warn.cancels in warn.reason
+    assert decide_server(snapshot(600, **runs), off).action == "shutdown"
+    # a bound shorter than the gap: the same
+    short = config(server_idle_timeout=600, shutdown_warning=60, scheduled_run_wait=4000)
+    assert decide_server(snapshot(600, **runs), short).action == "shutdown"
+    # within the bound: kept until the run has had time to start, and nothing is cancelled
+    wait = config(server_idle_timeout=600, shutdown_warning=60, scheduled_run_wait=4400)
+    keep = decide_server(snapshot(600, **runs), wait)
+    assert (keep.action, keep.rule) == ("keep", "scheduled_run_wait"), keep
+    assert keep.deadline == T0 + 5000 + SCHEDULED_RUN_START
+    assert "waiting for the scheduled run of `nightly`" in keep.reason and not keep.cancels
+    # it did not start (the job's kernel never showed): the server stops then
+    late = decide_server(snapshot(5000 + SCHEDULED_RUN_START, **runs), wait)
+    assert (late.action, late.rule) == ("shutdown", "scheduled_run_wait"), late
+
+
 def test_a_reason_read_later_counts_to_then() -> None:
     """The status between two checks shows the loop's decisions with durations up to date."""
     d = decide_kernel(kernel(last=0), config(), T0 + 40)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,62 @@ def test_a_job_running_at_the_stop_is_stopped_through_the_scheduler(
     with sqlite3.connect(tmp_path / "scheduler.sqlite") as db:
         (status,) = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     assert status == "STOPPED"
+
+
+def define_schedule(server: ServerProcess, name: str, path: str, schedule: str) -> None:
+    body = {
+        "input_uri": path,
+        "runtime_environment_name": "python3",
+        "name": name,
+        "output_formats": ["ipynb"],
+        "schedule": schedule,
+        "timezone": "UTC",
+    }
+    status, answer = server.request("POST", "/scheduler/job_definitions", body)
+    assert status == 200, answer
+
+
+def test_an_idle_stop_names_the_scheduled_run_it_cancels(start_server: Any, tmp_path: Path) -> None:
+    """scheduled_run_wait off (the default): a run due later does not keep the server."""
+    server = scheduler_server(start_server, tmp_path)
+    notebook(server.root / "report.ipynb", "print('report')")
+    started = time.monotonic()
+    define_schedule(server, "nightly-report", "report.ipynb", "0 2 * * *")
+    log = server.wait_log("The server will shut down at", TIMEOUT + 5)
+    assert "`nightly-report` at " in log and "will not run" in log, log[-2000:]
+    _, doc = server.request("GET", "/api/idle", track=False)
+    (run,) = doc["server"]["scheduled"]
+    assert run["name"] == "`nightly-report`" and run["cancelled"] is True, doc["server"]
+    assert run["at"].endswith("T02:00:00.000Z"), run
+    assert server.wait_exit(20) == 0
+    assert time.monotonic() - started <= TIMEOUT + 6
+    assert "Shutting down the server" in server.log()
+
+
+def test_with_scheduled_run_wait_the_server_waits_for_a_run_due_soon_and_then_stops(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """A run due within the bound keeps the idle server until it has run; its next run, an
+    hour later, is beyond the bound: then the server stops on time."""
+    server = scheduler_server(
+        start_server,
+        tmp_path,
+        "--IdleExtension.scheduled_run_wait=150",
+        "--TaskRunner.poll_interval=1",
+    )
+    notebook(server.root / "hourly.ipynb", "import time\ntime.sleep(4)")
+    # the first minute boundary at least 20 s away (the server is idle long before it)
+    due = datetime.now(timezone.utc) + timedelta(seconds=80)
+    define_schedule(server, "hourly", "hourly.ipynb", f"{due.minute} * * * *")
+    time.sleep(TIMEOUT + 2)
+    assert server.running, server.log()[-2000:]
+    _, doc = server.request("GET", "/api/idle", track=False)
+    assert doc["server"]["rule"] == "scheduled_run_wait", doc["server"]
+    assert "waiting for the scheduled run of `hourly`" in doc["server"]["reason"]
+    server.wait_log("Following the kernel", 120)
+    server.wait_log("ended", 30)
+    ended = time.monotonic()
+    assert server.wait_exit(TIMEOUT + 20) == 0
+    after = time.monotonic() - ended
+    assert after <= TIMEOUT + 6, (after, server.log()[-3000:])
+    assert "`hourly` at" in server.log()  # the next run, which the stop cancels

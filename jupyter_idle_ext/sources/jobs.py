@@ -24,11 +24,13 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import psutil
 
 from ..activity import ActivityTracker
+from ..policy import ScheduledRun
 from . import BaseSource, Context
 from .processes import JobKernel
 
@@ -36,6 +38,8 @@ from .processes import JobKernel
 PROBE_TIMEOUT = 1.0
 # how long a job's processes get to end after SIGTERM at the stop, before SIGKILL
 STOP_TIMEOUT = 3.0
+# how often the scheduled runs ahead are read from jupyter-scheduler's database
+SCHEDULES_EVERY = 30.0
 # what names the notebook a job runs: the program, and where its notebook is in its arguments
 RUNNERS = {
     "papermill": "papermill",
@@ -98,9 +102,55 @@ class JobKernels(BaseSource):
         # jupyter-scheduler's scheduler in this server, when it runs here
         self.scheduler = scheduler
         self.followed: dict[int, Followed] = {}
+        self._schedules_read: float | None = None
 
     def explain(self) -> str:
-        return "notebook jobs' kernels while busy (jupyter-scheduler, papermill, nbconvert)"
+        text = "notebook jobs' kernels while busy (jupyter-scheduler, papermill, nbconvert)"
+        if self.scheduler is not None:
+            text += "; jupyter-scheduler's scheduled runs are named before a stop cancels them"
+        return text
+
+    # -- scheduled runs -------------------------------------------------------------------------
+
+    async def refresh(self, every: bool) -> None:
+        """Read the scheduled runs ahead, at most every SCHEDULES_EVERY seconds."""
+        now = self.tracker.clock()
+        if self._schedules_read is not None and now - self._schedules_read < SCHEDULES_EVERY:
+            return
+        await self.recheck()
+
+    async def recheck(self) -> None:
+        """Read the scheduled runs ahead now: the server is about to warn or stop."""
+        if self.scheduler is None:
+            return
+        self._schedules_read = self.tracker.clock()
+        loop = asyncio.get_running_loop()
+        try:
+            runs = await loop.run_in_executor(None, self._next_runs)
+        except Exception as e:
+            self.log.warning("Could not read jupyter-scheduler's job definitions: %s", e)
+            return
+        self.tracker.set_scheduled(runs)
+
+    def _next_runs(self) -> tuple[ScheduledRun, ...]:
+        from jupyter_scheduler.orm import JobDefinition
+        from jupyter_scheduler.utils import compute_next_run_time
+
+        with self.scheduler.db_session() as session:
+            definitions = [
+                (d.name, d.schedule, d.timezone)
+                for d in session.query(JobDefinition).filter(JobDefinition.active.is_(True))
+                if d.schedule
+            ]
+        runs = []
+        for name, schedule, zone in definitions:
+            due_wall = compute_next_run_time(schedule, zone) / 1000
+            due = self.tracker.clock() + (due_wall - self.tracker.wall_clock())
+            at = datetime.fromtimestamp(due_wall, tz=timezone.utc).isoformat(
+                timespec="milliseconds"
+            )
+            runs.append(ScheduledRun(f"`{name}`", due, at.replace("+00:00", "Z")))
+        return tuple(sorted(runs, key=lambda r: r.due))
 
     # -- what the process scan finds ----------------------------------------------------------
 
