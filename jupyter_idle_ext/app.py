@@ -116,7 +116,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
     def _link_jupyter_server_extension(self, serverapp: Any) -> None:
         with self._fatal("link", serverapp.log):
             super()._link_jupyter_server_extension(serverapp)
-            self.policy = self.policy_config()
+            self.policy = self.policy_config(serverapp.log)
             self.hub = HubEnvironment.from_environ() if self.hub_activity_interval > 0 else None
             if self.hub is not None:
                 # before jupyterhub-singleuser's reporter makes its first post at start-up
@@ -239,6 +239,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
             reporter=self.reporter,
             hub_note=note,
             keepalive_cap=self.max_keepalive,
+            ceilings=self.ceilings(),
             lost=self.capabilities.lost,
             recent=list(self.recent),
         )

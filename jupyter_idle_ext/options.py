@@ -29,6 +29,15 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+# the admin's ceilings: read from the server's environment only; a value from any other source
+# that asks for more, or for 0 (never), is cut to the ceiling
+CEILINGS = {
+    "server_idle_timeout": ENV_PREFIX + "SERVER_IDLE_TIMEOUT_MAX",
+    "cull_idle_timeout": ENV_PREFIX + "CULL_IDLE_TIMEOUT_MAX",
+    "max_keepalive": ENV_PREFIX + "KEEPALIVE_MAX",
+}
+
+
 def env_name(option: str) -> str:
     """The environment variable that sets the default of an option."""
     return ENV_PREFIX + option.upper()
@@ -341,10 +350,60 @@ class IdleOptions(Configurable):
         for name in self.option_names():
             getattr(self, name)
 
-    def policy_config(self) -> PolicyConfig:
-        """The options the rules read, cross-checked; raises TraitError naming the option."""
+    def policy_config(self, log: Any = None) -> PolicyConfig:
+        """The options the rules read, cut to the admin's ceilings and cross-checked; raises
+        TraitError naming the option."""
         self.check_options()
+        self.apply_ceilings(log)
         return _policy({name: getattr(self, name) for name in self.option_names()})
+
+    def ceilings(self) -> dict[str, float]:
+        """The admin's ceilings in force, by option: from the server's environment only (the
+        one the spawner sets), never from a config file a user can write."""
+        found = {}
+        for option, variable in CEILINGS.items():
+            raw = os.environ.get(variable, "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value <= 0:
+                raise TraitError(
+                    f"${variable}={raw!r} (the ceiling of IdleExtension.{option}) must be a "
+                    "number of seconds above 0"
+                )
+            found[option] = value
+        return found
+
+    def apply_ceilings(self, log: Any = None) -> None:
+        """Cut an option that asks for more than its ceiling, or for 0 (never), to the
+        ceiling, with one WARNING naming both values and where each came from."""
+        for option, ceiling in self.ceilings().items():
+            value = getattr(self, option)
+            if 0 < value <= ceiling:
+                continue
+            if log is not None:
+                log.warning(
+                    "IdleExtension.%s = %g (%s, from %s) is above the ceiling $%s = %g "
+                    "(from the server's environment): using %g s.",
+                    option,
+                    value,
+                    "never" if value == 0 else "seconds",
+                    self._origin(option),
+                    CEILINGS[option],
+                    ceiling,
+                    ceiling,
+                )
+            setattr(self, option, ceiling)
+
+    def _origin(self, option: str) -> str:
+        if option in self.config.get(type(self).__name__, {}):
+            return "the configuration (a config file or the command line)"
+        if os.environ.get(env_name(option), "").strip():
+            return f"${env_name(option)}"
+        return "the default"
 
     @classmethod
     def default_policy(cls, **changes: Any) -> PolicyConfig:

@@ -56,6 +56,7 @@ def build_status(
     keepalive_cap: float,
     lost: dict[str, str] | None = None,
     recent: list[dict[str, Any]] | None = None,
+    ceilings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     def iso(monotonic: float | None) -> str | None:
         return None if monotonic is None else tracker.isoformat(monotonic)
@@ -185,6 +186,8 @@ def build_status(
         "sources": sources,
         "hub": hub,
         "policy": asdict(config),
+        # the admin's ceilings in force (from the server's environment), by option
+        "ceilings": ceilings or {},
         # what cannot be seen in this server, and what follows from it
         "capabilities_lost": lost or {},
     }

@@ -507,3 +507,96 @@ def test_server_logs_the_effective_policy(
     ):
         assert effective in line, (effective, line)
     assert server.running
+
+
+# -- the admin's ceilings ------------------------------------------------------------------------
+
+CEILING = "JUPYTER_IDLE_SERVER_IDLE_TIMEOUT_MAX"
+
+
+@pytest.mark.parametrize(
+    ("configured", "env", "expected", "origin"),
+    [
+        # a user's config file asks for never, or for more: cut to the ceiling
+        ({"server_idle_timeout": 0}, {}, 1800.0, "the configuration"),
+        ({"server_idle_timeout": 9000}, {}, 1800.0, "the configuration"),
+        # the default (3600) is above it too
+        ({}, {}, 1800.0, "the default"),
+        # an environment variable other than the ceiling's is a value like any other
+        (
+            {},
+            {"JUPYTER_IDLE_SERVER_IDLE_TIMEOUT": "0"},
+            1800.0,
+            "$JUPYTER_IDLE_SERVER_IDLE_TIMEOUT",
+        ),
+        # within it: kept as asked, no warning
+        ({"server_idle_timeout": 600}, {}, 600.0, None),
+    ],
+)
+def test_a_ceiling_in_the_environment_cuts_what_any_other_source_asks_for(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    configured: dict[str, Any],
+    env: dict[str, str],
+    expected: float,
+    origin: str | None,
+) -> None:
+    monkeypatch.setenv(CEILING, "1800")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = IdleExtension(config=Config({"IdleExtension": configured}))
+    log = logging.getLogger("test.ceilings")
+    with caplog.at_level(logging.WARNING, logger="test.ceilings"):
+        policy = app.policy_config(log)
+    assert policy.server_idle_timeout == expected
+    assert app.ceilings() == {"server_idle_timeout": 1800.0}
+    warnings = [r.getMessage() for r in caplog.records]
+    if origin is None:
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert f"from {origin}" in warning and f"${CEILING} = 1800" in warning, warning
+        assert "using 1800 s" in warning
+
+
+def test_each_ceiling_holds_for_its_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTER_IDLE_CULL_IDLE_TIMEOUT_MAX", "600")
+    monkeypatch.setenv("JUPYTER_IDLE_KEEPALIVE_MAX", "900")
+    app = IdleExtension(config=Config({"IdleExtension": {"cull_idle_timeout": 0}}))
+    policy = app.policy_config()
+    assert policy.cull_idle_timeout == 600
+    assert app.max_keepalive == 900  # the default 3600 is cut
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "soon", "inf"])
+def test_a_bad_ceiling_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv(CEILING, raw)
+    with pytest.raises(TraitError, match=f"\\${CEILING}=.* must be a number of seconds above 0"):
+        start_up()
+
+
+def test_a_users_own_config_cannot_lift_the_ceiling_of_a_real_server(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The user's ~/.jupyter/jupyter_server_config.py says never; the spawner's environment
+    sets a ceiling of 8 s: the server stops at 8 s and says why."""
+    user_config = tmp_path / "user-config"
+    user_config.mkdir()
+    (user_config / "jupyter_server_config.py").write_text(
+        "c.IdleExtension.server_idle_timeout = 0\n"
+    )
+    started = time.monotonic()
+    server = start_server(
+        "--IdleExtension.shutdown_warning=2",
+        env={"JUPYTER_CONFIG_DIR": str(user_config), CEILING: "8"},
+    ).wait_ready()
+    _, doc = server.request("GET", "/api/idle", track=False)
+    assert doc["ceilings"] == {"server_idle_timeout": 8}, doc["ceilings"]
+    assert doc["policy"]["server_idle_timeout"] == 8
+    assert server.wait_exit(30) == 0
+    assert time.monotonic() - started <= 8 + 8
+    log = server.log()
+    assert log.count("is above the ceiling") == 1
+    assert "IdleExtension.server_idle_timeout = 0 (never, from the configuration" in log
