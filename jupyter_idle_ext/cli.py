@@ -3,6 +3,7 @@
     jupyter idle status [--url URL --token TOKEN] [--json]
     jupyter idle stop-when-done [--cancel] [--url URL --token TOKEN]
     jupyter idle hub-status [--hub-url URL --token TOKEN --public-url URL] [--json]
+                            [--user U] [--group G] [--idle-over SECONDS] [--kept-by KIND]
 
 ``status`` and ``stop-when-done`` find the running servers of this user (as `jupyter server list`
 does) or take ``--url`` and ``--token``. ``hub-status`` lists every running server of every user
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 # scopes hub-status needs, for the error message and the README's role
-HUB_SCOPES = ["list:users", "read:users", "read:servers", "access:servers"]
+HUB_SCOPES = ["list:users", "read:users", "read:servers", "access:servers", "read:groups"]
 
 
 def _request(
@@ -182,10 +183,66 @@ def stop_when_done(args: argparse.Namespace) -> int:
 # -- hub-status -----------------------------------------------------------------------------
 
 
-def hub_rows(hub_url: str, token: str, public_url: str) -> list[dict[str, Any]]:
-    """One row per running server of every user: what keeps it, and when it stops."""
+PAGINATION = "application/jupyterhub-pagination+json"
+
+
+def hub_users(hub_url: str, token: str) -> list[dict[str, Any]]:
+    """Every user with a server ready, following the Hub's pages (``api_page_max_limit``, 200
+    by default: a Hub with more users answers one page at a time)."""
+    users: list[dict[str, Any]] = []
+    offset: int | None = 0
+    while offset is not None:
+        url = f"{hub_url.rstrip('/')}/users?state=ready&offset={offset}"
+        request = urllib.request.Request(url)
+        request.add_header("Authorization", f"token {token}")
+        request.add_header("Accept", PAGINATION)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            page = json.loads(response.read())
+        if isinstance(page, list):  # a Hub older than pagination: everything at once
+            return page
+        users += page.get("items", [])
+        following = (page.get("_pagination") or {}).get("next")
+        offset = following.get("offset") if following else None
+    return users
+
+
+def group_members(hub_url: str, token: str, group: str) -> set[str]:
+    quoted = urllib.parse.quote(group)
+    return set(_request("GET", f"{hub_url.rstrip('/')}/groups/{quoted}", token)["users"])
+
+
+class Progress:
+    """ "read 120/10000 servers" on a terminal's standard error, for long scans."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = total >= 20 and bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def step(self) -> None:
+        self.done += 1
+        if self.on and (self.done % 10 == 0 or self.done == self.total):
+            self.stream.write(f"\rread {self.done}/{self.total} servers")
+            if self.done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+def hub_rows(
+    hub_url: str,
+    token: str,
+    public_url: str,
+    *,
+    users: set[str] | None = None,
+    workers: int = 32,
+    timeout: float = 5,
+) -> list[dict[str, Any]]:
+    """One row per running server of every user (or of ``users``): what keeps it, and when it
+    stops. Servers are read ``workers`` at a time, each within ``timeout``: a server that hangs
+    costs its timeout once."""
     try:
-        users = _request("GET", f"{hub_url.rstrip('/')}/users?state=ready", token)
+        found = hub_users(hub_url, token)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise SystemExit(
@@ -195,44 +252,70 @@ def hub_rows(hub_url: str, token: str, public_url: str) -> list[dict[str, Any]]:
         raise
     servers = [
         (user["name"], name, server)
-        for user in users
+        for user in found
+        if users is None or user["name"] in users
         for name, server in (user.get("servers") or {}).items()
         if server.get("ready")
     ]
+    progress = Progress(len(servers))
 
     def row(item: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
-        user, name, server = item
-        url = public_url.rstrip("/") + server["url"]
-        entry: dict[str, Any] = {
-            "user": user,
-            "server": name,
-            "url": url,
-            "hub_last_activity": server.get("last_activity"),
-        }
         try:
-            doc = fetch_status(url, token, timeout=5)
-        except urllib.error.HTTPError as e:
-            entry["state"] = (
-                "no jupyter_idle_ext"
-                if e.code == 404
-                else f"refused (HTTP {e.code}): the token needs access:servers"
-                if e.code in (401, 403)
-                else f"HTTP {e.code}"
-            )
-            return entry
-        except OSError as e:
-            entry["state"] = f"not answering ({e})"
-            return entry
-        entry.update(
-            state="ok",
-            last_activity=doc["last_activity"],
-            keeps=keeps(doc),
-            shutdown_at=doc["server"]["shutdown_at"],
+            return server_row(item, public_url, token, timeout)
+        finally:
+            progress.step()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(row, servers))
+
+
+def server_row(
+    item: tuple[str, str, dict[str, Any]], public_url: str, token: str, timeout: float
+) -> dict[str, Any]:
+    user, name, server = item
+    url = public_url.rstrip("/") + server["url"]
+    entry: dict[str, Any] = {
+        "user": user,
+        "server": name,
+        "url": url,
+        "hub_last_activity": server.get("last_activity"),
+    }
+    try:
+        doc = fetch_status(url, token, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        entry["state"] = (
+            "no jupyter_idle_ext"
+            if e.code == 404
+            else f"refused (HTTP {e.code}): the token needs access:servers"
+            if e.code in (401, 403)
+            else f"HTTP {e.code}"
         )
         return entry
+    except OSError as e:
+        entry["state"] = f"not answering ({e})"
+        return entry
+    kept_by = doc["server"].get("kept_by") or {}
+    entry.update(
+        state="ok",
+        last_activity=doc["last_activity"],
+        idle_seconds=doc.get("idle_seconds"),
+        kept_by=kept_by.get("what") or "idle",
+        keeps=keeps(doc),
+        shutdown_at=doc["server"]["shutdown_at"],
+    )
+    return entry
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(row, servers))
+
+def wanted(row: dict[str, Any], idle_over: float | None, kept_by: str | None) -> bool:
+    """Whether a row passes ``--idle-over`` and ``--kept-by`` (a server that did not answer
+    passes neither: nothing is known of it)."""
+    if idle_over is None and kept_by is None:
+        return True
+    if row.get("state") != "ok":
+        return False
+    if idle_over is not None and (row.get("idle_seconds") or 0) <= idle_over:
+        return False
+    return kept_by is None or kept_by.lower() in str(row.get("kept_by", "")).lower()
 
 
 def hub_status(args: argparse.Namespace) -> int:
@@ -250,7 +333,16 @@ def hub_status(args: argparse.Namespace) -> int:
         # the Hub's API behind the same proxy as the servers: https://hub.example.org/hub/api
         parts = urllib.parse.urlsplit(hub_url)
         public_url = f"{parts.scheme}://{parts.netloc}"
-    rows = hub_rows(hub_url, token, public_url)
+    users: set[str] | None = set(args.user) if args.user else None
+    for group in args.group or ():
+        try:
+            members = group_members(hub_url, token, group)
+        except urllib.error.HTTPError as e:
+            print(f"Cannot read the group {group!r} (HTTP {e.code}).", file=sys.stderr)
+            return 2
+        users = members if users is None else users & members
+    rows = hub_rows(hub_url, token, public_url, users=users, workers=args.workers)
+    rows = [r for r in rows if wanted(r, args.idle_over, args.kept_by)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -302,6 +394,20 @@ def main(argv: list[str] | None = None) -> int:
         "else the Hub API URL's scheme and host)",
     )
     hub.add_argument("--json", action="store_true", help="print the rows as JSON")
+    hub.add_argument("--user", action="append", help="only this user's servers (repeatable)")
+    hub.add_argument(
+        "--group", action="append", help="only the servers of this group's members (repeatable)"
+    )
+    hub.add_argument(
+        "--idle-over", type=float, metavar="SECONDS", help="only servers idle longer than this"
+    )
+    hub.add_argument(
+        "--kept-by",
+        metavar="KIND",
+        help='only servers kept by this kind of work ("kernel", "process", "job", ...; '
+        '"idle" for those nothing keeps)',
+    )
+    hub.add_argument("--workers", type=int, default=32, help="servers read at once (default: 32)")
     args = parser.parse_args(argv)
     if args.command == "status":
         return status(args)

@@ -61,7 +61,7 @@ DRIVER_SERVICE = "test-driver"
 CULLER_SERVICE = "idle-culler"
 
 #: what the test driver may do: users (create, read, tokens), servers (start, stop, read state)
-DRIVER_SCOPES = ["admin:users", "admin:servers", "tokens", "read:hub"]
+DRIVER_SCOPES = ["admin:users", "admin:servers", "admin:groups", "tokens", "read:hub"]
 
 #: jupyterhub-idle-culler 2.0's README: the scopes it needs (no --cull-users here)
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]

@@ -183,10 +183,13 @@ def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
     hub = start_hub(
         environment=idle_env(server_idle_timeout=600, cull_idle_timeout=600),
         last_activity_interval=0,
-        extra_config=WITHOUT_EXTENSION_FOR_CAROL,
+        # pages of 2 users: hub-status must follow them to list all three
+        extra_config=WITHOUT_EXTENSION_FOR_CAROL
+        + "\nc.JupyterHub.api_page_default_limit = 2\nc.JupyterHub.api_page_max_limit = 2\n",
     )
     for user in ("alice", "bob", "carol"):
         hub.create_user(user)
+    assert hub.api("POST", "/groups/gpu-users", {"users": ["bob"]})[0] == 201
     hub.request_start("alice")
     hub.request_start("bob", "gpu")
     hub.request_start("carol")
@@ -218,6 +221,19 @@ def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
     assert "alice" in table.stdout and "(default)" in table.stdout and "gpu" in table.stdout
     assert "kernel busy" in table.stdout and "stops in" in table.stdout
     assert "no jupyter_idle_ext" in table.stdout
+
+    # filters: by user, by group, by what keeps the server, by idle time
+    def listed(*args: str) -> set[tuple[str, str]]:
+        out = hub_status(hub, STATUS_TOKEN, "--json", *args)
+        assert out.returncode == 0, out.stderr
+        return {(r["user"], r["server"]) for r in json.loads(out.stdout)}
+
+    assert listed("--user", "alice") == {("alice", "")}
+    assert listed("--group", "gpu-users") == {("bob", "gpu")}
+    assert listed("--kept-by", "kernel") == {("alice", "")}
+    assert listed("--kept-by", "idle") == {("bob", "gpu")}
+    assert listed("--idle-over", "100000") == set()
+    assert ("bob", "gpu") in listed("--idle-over", "0")
 
     # a user's own token may not list the Hub's users: one clear line, no traceback
     refused = hub_status(hub, hub.user_token("bob"))
