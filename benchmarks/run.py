@@ -34,6 +34,7 @@ if str(HERE) not in sys.path:
 from bench_apps import writing_and_apps  # noqa: E402
 from bench_culling import cull_lateness, shutdown_lateness  # noqa: E402
 from bench_footprint import footprint, loop_scale  # noqa: E402
+from bench_gateway import gateway_round_trip  # noqa: E402
 from bench_hub import hub_posts, hub_scale  # noqa: E402
 from bench_kernels import output_flood, round_trip  # noqa: E402
 from bench_processes import process_scan  # noqa: E402
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Row]]]] = {
     "loop": ("8. Scale of the loop", loop_scale),
     "processes": ("9. Processes", process_scan),
     "apps": ("10. Documents and proxied apps", writing_and_apps),
+    "gateway": ("11. Kernels the server does not run", gateway_round_trip),
 }
 
 RESULTS = HERE / "RESULTS.md"
