@@ -59,7 +59,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
     results = json.loads(data.read_text())
     rows = results["rows"]
     titles = _titles()
-    assert len(titles) == 10
+    assert len(titles) == 11
     assert {row["bench"] for row in rows} == set(titles), proc.stdout[-4000:]
 
     chp_missing = find_chp() is None
@@ -88,6 +88,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
     compared = {row["bench"] for row in rows if row["baseline"] and row["ratio"]}
     assert {"1. Execute round trip", "2. Output flood", "3. Cull lateness"} <= compared
     assert {"7. Footprint", "10. Documents and proxied apps"} <= compared
+    assert "11. Kernels the server does not run" in compared
     aa = {row["bench"] for row in rows if "(A/A " in row["ratio"]}
     assert {"1. Execute round trip", "2. Output flood", "7. Footprint"} <= aa
     # shutdown lateness has its stop-cost control

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import psutil
 
 from ..activity import ActivityTracker
-from ..policy import ScheduledRun
+from ..policy import SCHEDULED_RUN_START, ScheduledRun
 from . import BaseSource, Context
 from .processes import JobKernel
 
@@ -40,6 +40,8 @@ PROBE_TIMEOUT = 1.0
 STOP_TIMEOUT = 3.0
 # how often the scheduled runs ahead are read from jupyter-scheduler's database
 SCHEDULES_EVERY = 30.0
+# a scheduled run's job may be created this long before the run's due time and still be that run
+RUN_START_SLACK = 60.0
 # what names the notebook a job runs: the program, and where its notebook is in its arguments
 RUNNERS = {
     "papermill": "papermill",
@@ -103,6 +105,10 @@ class JobKernels(BaseSource):
         self.scheduler = scheduler
         self.followed: dict[int, Followed] = {}
         self._schedules_read: float | None = None
+        # per job definition: the earliest run read and not known to have started (wall clock),
+        # and when a kernel of one of its jobs was last found
+        self._due: dict[str, float] = {}
+        self._runs_started: dict[str, float] = {}
 
     def explain(self) -> str:
         text = "notebook jobs' kernels while busy (jupyter-scheduler, papermill, nbconvert)"
@@ -138,18 +144,31 @@ class JobKernels(BaseSource):
 
         with self.scheduler.db_session() as session:
             definitions = [
-                (d.name, d.schedule, d.timezone)
+                (d.job_definition_id, d.name, d.schedule, d.timezone)
                 for d in session.query(JobDefinition).filter(JobDefinition.active.is_(True))
                 if d.schedule
             ]
+        now = self.tracker.wall_clock()
         runs = []
-        for name, schedule, zone in definitions:
-            due_wall = compute_next_run_time(schedule, zone) / 1000
-            due = self.tracker.clock() + (due_wall - self.tracker.wall_clock())
-            at = datetime.fromtimestamp(due_wall, tz=timezone.utc).isoformat(
-                timespec="milliseconds"
-            )
-            runs.append(ScheduledRun(f"`{name}`", due, at.replace("+00:00", "Z")))
+        for id, name, schedule, zone in definitions:
+            due_walls = [compute_next_run_time(schedule, zone) / 1000]
+            # the next run time skips a run as soon as it is due: a run due and not yet started
+            # (its job's kernel not found) stays ahead until it starts, within the policy's bound
+            earlier = self._due.get(id)
+            if (
+                earlier is not None
+                and earlier < due_walls[0]
+                and now - earlier <= SCHEDULED_RUN_START
+                and self._runs_started.get(id, 0.0) < earlier - RUN_START_SLACK
+            ):
+                due_walls.insert(0, earlier)
+            self._due[id] = due_walls[0]
+            for due_wall in due_walls:
+                due = self.tracker.clock() + (due_wall - now)
+                at = datetime.fromtimestamp(due_wall, tz=timezone.utc).isoformat(
+                    timespec="milliseconds"
+                )
+                runs.append(ScheduledRun(f"`{name}`", due, at.replace("+00:00", "Z")))
         return tuple(sorted(runs, key=lambda r: r.due))
 
     # -- what the process scan finds ----------------------------------------------------------
@@ -177,10 +196,21 @@ class JobKernels(BaseSource):
                 runner = psutil.Process(pid)
                 runners.append(runner)
                 cmdlines.append(runner.cmdline())
-        name = self._scheduler_job(kernel) or describe_job(cmdlines)
+        job = self._job_record(kernel.chain[-1]) if kernel.server_child else None
+        if job is not None and job.job_definition_id:
+            self._runs_started[job.job_definition_id] = self.tracker.wall_clock()
+        name = (
+            f"job `{job.name}` running `{job.input_filename}`"
+            if job is not None
+            else describe_job(cmdlines)
+        )
         followed = Followed(kernel, name, process, runners=runners)
         self.followed[kernel.pid] = followed
-        self.tracker.add("job", self._id(kernel), name)
+        # a job starting its kernel is work begun: between the kernel's start and its first
+        # execution it is idle, and a stop there would end the job as it starts
+        self.tracker.touch("job", self._id(kernel), name, "started")
+        # a scheduled run may have started: the next refresh reads the runs ahead again
+        self._schedules_read = None
         followed.task = asyncio.ensure_future(self._watch(followed))
         self.log.info("Following the kernel (pid %d) of %s.", kernel.pid, name)
 
@@ -193,18 +223,13 @@ class JobKernels(BaseSource):
         if record is not None and record.busy_since is not None:
             self.tracker.set_busy(*key, False)
         self.tracker.remove(*key)
+        # a run that has just ended is no longer ahead: read them again at the next refresh
+        self._schedules_read = None
         self.log.info("The kernel (pid %d) of %s %s.", pid, followed.name, how)
 
     @staticmethod
     def _id(kernel: JobKernel) -> str:
         return f"{kernel.pid}@{kernel.created:.2f}"
-
-    def _scheduler_job(self, kernel: JobKernel) -> str | None:
-        """'job `name` running `file`' for a jupyter-scheduler job's kernel."""
-        job = self._job_record(kernel.chain[-1]) if kernel.server_child else None
-        if job is None:
-            return None
-        return f"job `{job.name}` running `{job.input_filename}`"
 
     def _job_record(self, pid: int) -> Any:
         if self.scheduler is None:
