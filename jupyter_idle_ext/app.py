@@ -41,6 +41,8 @@ from .status import build_status
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 # how many of the latest actions the status document lists
 RECENT = 20
+# how long the stop waits for the check loop and the Hub reporter to end once cancelled
+STOP_WAIT = 5.0
 
 
 class IdleExtension(IdleOptions, ExtensionApp):
@@ -248,10 +250,14 @@ class IdleExtension(IdleOptions, ExtensionApp):
         # runs inside jupyter_server's cleanup, also for an extension that was never started:
         # nothing may escape, or the server's own cleanup (its kernels) would be cut short
         tasks, self._tasks = self._tasks, []
+        running = asyncio.get_running_loop()
         for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        ours = [task for task in tasks if task.get_loop() is running]
+        if ours:
+            # bounded: a task that cannot end (its loop stalled in a test harness) must not
+            # hang the server's cleanup; a task on a loop that no longer runs is not waited for
+            await asyncio.wait(ours, timeout=STOP_WAIT)
         if self.marker is not None and os.environ.get(ENV_MARKER) == self.marker:
             # processes started from now on are no longer this server's
             del os.environ[ENV_MARKER]
