@@ -70,6 +70,34 @@ async def test_a_failure_while_stopping_is_logged_not_raised(
     await idle_app.stop_extension()  # and again, as the fixture's teardown does
 
 
+async def test_a_task_that_does_not_end_never_hangs_the_servers_cleanup(
+    idle_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop stalled under a test harness left the check loop unable to end: the stop waits
+    for it a bounded time, then goes on to the sources and the server's own cleanup."""
+    import asyncio
+    import time
+
+    from jupyter_idle_ext import app as app_module
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue
+
+    monkeypatch.setattr(app_module, "STOP_WAIT", 0.5)
+    task = asyncio.ensure_future(stubborn())
+    idle_app._tasks.append(task)
+    terminals = idle_app.sources.get("terminals")
+    began = time.monotonic()
+    await idle_app.stop_extension()
+    assert time.monotonic() - began < 3
+    assert terminals.tm.pre_pty_read_hook == terminals._original_hook
+    idle_app._tasks = []
+
+
 async def test_without_the_optional_packages_nothing_of_theirs_is_followed(
     idle_app: Any, jp_serverapp: Any, caplog: Any
 ) -> None:
