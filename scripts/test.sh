@@ -23,6 +23,10 @@
 #   chromium                    Debian package, for the real-browser tests (never `playwright install`)
 #   configurable-http-proxy@5   npm, into .venv/node, for the real-JupyterHub tests
 #
+# Installs and suites that mostly wait run side by side (their logs in .venv/ci-logs/, printed as
+# each ends): the main suite in pytest-xdist workers, and next to it the apps, wheel,
+# oldest-versions and jupyter_server suites one after the other.
+#
 # Under CI=true a dependency that cannot be installed fails the run here; the tests themselves
 # fail rather than skip when something they need is missing.
 set -euo pipefail
@@ -42,6 +46,30 @@ START=$SECONDS
 
 step() { printf '\n==> [%ss] %s\n' "$((SECONDS - START))" "$*"; }
 fail() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+# Work that mostly waits (installs, suites of real servers) runs side by side: `background NAME
+# command...` starts it with its output in $LOGS/NAME.log; `collect NAME...` waits for each, prints
+# its log and fails if it failed.
+LOGS="$ROOT/.venv/ci-logs"
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+declare -A PIDS=()
+background() {
+    local name="$1"
+    shift
+    step "$name: started side by side (its log: $LOGS/$name.log)"
+    ("$@") >"$LOGS/$name.log" 2>&1 &
+    PIDS[$name]=$!
+}
+collect() {
+    local name rc
+    for name in "$@"; do
+        rc=0
+        wait "${PIDS[$name]}" || rc=$?
+        step "$name: ended (exit code $rc)"
+        cat "$LOGS/$name.log"
+        [ "$rc" -eq 0 ] || fail "$name failed (exit code $rc)"
+    done
+}
 # A missing optional tool is fatal under CI and a warning elsewhere.
 missing() {
     if [ "$CI" = "true" ]; then
@@ -66,6 +94,22 @@ apt_install() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
 }
 
+# Jupyter Enterprise Gateway, as the separate service it is: 3.3.0 pins jupyter_server 1.x and
+# jupyter_client 6, so it cannot share a venv with the server under test (tests/gateway.py)
+GATEWAY_VENV="$ROOT/.venv-gateway"
+GATEWAY=("jupyter_enterprise_gateway==3.3.0" "ipykernel<6.30" "jupyter_client<7" "pyzmq<25")
+install_gateway() {
+    if [ -x "$GATEWAY_VENV/bin/jupyter-enterprisegateway" ]; then
+        echo "Enterprise Gateway: $GATEWAY_VENV"
+        return 0
+    fi
+    echo "Installing Enterprise Gateway into $GATEWAY_VENV: ${GATEWAY[*]}"
+    python3 -m venv "$GATEWAY_VENV"
+    "$GATEWAY_VENV/bin/python" -m pip install --quiet "${GATEWAY[@]}" ||
+        missing "could not install Enterprise Gateway into $GATEWAY_VENV"
+}
+background gateway-venv install_gateway
+
 # -- Python environment --------------------------------------------------------------------------
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -82,60 +126,55 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e ".[test,lint]"
 
 APPS_VENV="$ROOT/.venv-apps"
-if [ ! -x "$APPS_VENV/bin/python" ]; then
-    step "Creating $APPS_VENV"
-    python3 -m venv "$APPS_VENV"
-fi
-step "Installing the package into $APPS_VENV with jupyter-collaboration and jupyter-server-proxy"
-"$APPS_VENV/bin/python" -m pip install --quiet --upgrade pip
-"$APPS_VENV/bin/python" -m pip install --quiet -e ".[test,lint,apps]"
-
-# Jupyter Enterprise Gateway, as the separate service it is: 3.3.0 pins jupyter_server 1.x and
-# jupyter_client 6, so it cannot share a venv with the server under test (tests/gateway.py)
-GATEWAY_VENV="$ROOT/.venv-gateway"
-GATEWAY=("jupyter_enterprise_gateway==3.3.0" "ipykernel<6.30" "jupyter_client<7" "pyzmq<25")
-if [ ! -x "$GATEWAY_VENV/bin/jupyter-enterprisegateway" ]; then
-    step "Installing Enterprise Gateway into $GATEWAY_VENV: ${GATEWAY[*]}"
-    python3 -m venv "$GATEWAY_VENV"
-    "$GATEWAY_VENV/bin/python" -m pip install --quiet "${GATEWAY[@]}" ||
-        missing "could not install Enterprise Gateway into $GATEWAY_VENV"
-else
-    step "Enterprise Gateway: $GATEWAY_VENV"
-fi
+install_apps() {
+    if [ ! -x "$APPS_VENV/bin/python" ]; then
+        python3 -m venv "$APPS_VENV"
+    fi
+    "$APPS_VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$APPS_VENV/bin/python" -m pip install --quiet -e ".[test,lint,apps]"
+}
 
 # The lowest versions pyproject.toml claims: a claim is only as good as the test that runs on it.
 OLDEST_VENV="$ROOT/.venv-oldest"
 OLDEST_PYTHON_VERSION=3.9
 OLDEST_PYTHON_VERSION_TUPLE=3,9
 OLDEST=("jupyter_server==2.15.0" "jupyter_server_terminals==0.5.0" "psutil==5.9.0" "traitlets==5.9.0")
+# a representative subset: what touches jupyter_server's kernel, terminal and extension APIs and
+# the process scan's psutil calls, without the process tests that repeat the same calls at length
 OLDEST_TESTS=(
     tests/test_server.py tests/test_kernels.py tests/test_fail_closed.py tests/test_lifecycle.py
     tests/test_policy.py tests/test_config.py tests/test_processes.py
+    --deselect tests/test_processes.py::test_a_nohup_job_from_a_closed_terminal_keeps_the_server_until_it_ends
+    --deselect tests/test_processes.py::test_a_kernel_computing_in_a_thread_is_not_culled_and_keeps_the_server
+    --deselect tests/test_processes.py::test_a_detached_process_from_a_deleted_kernel_keeps_the_server
 )
-if [ ! -x "$OLDEST_VENV/bin/python" ]; then
-    oldest_python=""
-    # pyenv's (the base image here has it), then one on PATH; a pyenv shim for a version that
-    # is not selected only prints an error, so each candidate must actually run
-    for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$OLDEST_PYTHON_VERSION".*/bin/python \
-        "$(command -v "python$OLDEST_PYTHON_VERSION" || true)"; do
-        if [ -n "$candidate" ] && [ -x "$candidate" ] &&
-            "$candidate" -c "import sys; assert sys.version_info[:2] == ($OLDEST_PYTHON_VERSION_TUPLE)" 2>/dev/null; then
-            oldest_python="$candidate"
+install_oldest() {
+    if [ ! -x "$OLDEST_VENV/bin/python" ]; then
+        oldest_python=""
+        # pyenv's (the base image here has it), then one on PATH; a pyenv shim for a version
+        # that is not selected only prints an error, so each candidate must actually run
+        for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$OLDEST_PYTHON_VERSION".*/bin/python \
+            "$(command -v "python$OLDEST_PYTHON_VERSION" || true)"; do
+            if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+                "$candidate" -c "import sys; assert sys.version_info[:2] == ($OLDEST_PYTHON_VERSION_TUPLE)" 2>/dev/null; then
+                oldest_python="$candidate"
+            fi
+        done
+        if [ -n "$oldest_python" ]; then
+            echo "Creating $OLDEST_VENV with $oldest_python"
+            "$oldest_python" -m venv "$OLDEST_VENV"
+        else
+            missing "no Python $OLDEST_PYTHON_VERSION for the oldest-versions tests"
+            return 0
         fi
-    done
-    if [ -n "$oldest_python" ]; then
-        step "Creating $OLDEST_VENV with $oldest_python"
-        "$oldest_python" -m venv "$OLDEST_VENV"
-    else
-        missing "no Python $OLDEST_PYTHON_VERSION for the oldest-versions tests"
     fi
-fi
-if [ -x "$OLDEST_VENV/bin/python" ]; then
-    step "Installing the package into $OLDEST_VENV with the oldest versions we claim: ${OLDEST[*]}"
+    echo "Installing the package into $OLDEST_VENV with the oldest versions we claim: ${OLDEST[*]}"
     "$OLDEST_VENV/bin/python" -m pip install --quiet --upgrade pip
     "$OLDEST_VENV/bin/python" -m pip install --quiet -e . "${OLDEST[@]}" \
-        pytest pytest-jupyter pytest-timeout ipykernel websocket-client
-fi
+        pytest pytest-jupyter pytest-timeout pytest-xdist ipykernel websocket-client
+}
+# the editable installs one after the other: each writes the package's metadata in this tree
+background apps-and-oldest-venvs eval "install_apps && install_oldest"
 
 # The frontend: its TypeScript type check, and the wheel a user installs, built once.
 WHEEL_VENV="$ROOT/.venv-wheel"
@@ -147,17 +186,6 @@ if ! python -c "import sys; v = tuple(map(int, '$node_major_minor'.split('.')));
 fi
 step "frontend: jlpm install, then the TypeScript type check"
 (cd frontend && jlpm install --silent && jlpm typecheck)
-step "Building the wheel (the frontend inside it) and installing it into $WHEEL_VENV"
-rm -rf "$ROOT/.venv/dist"
-python -m build --wheel --outdir "$ROOT/.venv/dist" . >"$ROOT/.venv/build.log" 2>&1 ||
-    { tail -50 "$ROOT/.venv/build.log"; fail "python -m build failed"; }
-if [ ! -x "$WHEEL_VENV/bin/python" ]; then
-    python3 -m venv "$WHEEL_VENV"
-fi
-"$WHEEL_VENV/bin/python" -m pip install --quiet --upgrade pip
-wheel="$(ls "$ROOT"/.venv/dist/jupyter_idle_ext-*.whl)"
-"$WHEEL_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
-"$WHEEL_VENV/bin/python" -m pip install --quiet "${wheel}[test]"
 
 # -- Chromium for the browser tests -------------------------------------------------------------
 
@@ -205,19 +233,42 @@ ruff format --check .
 
 step "mypy"
 mypy
+
+collect apps-and-oldest-venvs
 step "mypy, with jupyter-collaboration and jupyter-server-proxy installed"
 "$APPS_VENV/bin/mypy"
+
+# after the editable installs: python -m build writes the package's metadata in this tree too
+step "Building the wheel (the frontend inside it) and installing it into $WHEEL_VENV"
+rm -rf "$ROOT/.venv/dist"
+python -m build --wheel --outdir "$ROOT/.venv/dist" . >"$ROOT/.venv/build.log" 2>&1 ||
+    { tail -50 "$ROOT/.venv/build.log"; fail "python -m build failed"; }
+if [ ! -x "$WHEEL_VENV/bin/python" ]; then
+    python3 -m venv "$WHEEL_VENV"
+fi
+"$WHEEL_VENV/bin/python" -m pip install --quiet --upgrade pip
+wheel="$(ls "$ROOT"/.venv/dist/jupyter_idle_ext-*.whl)"
+"$WHEEL_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+"$WHEEL_VENV/bin/python" -m pip install --quiet "${wheel}[test]"
+collect gateway-venv
+
+# -- The tests -----------------------------------------------------------------------------------
+# Most tests wait on real servers, kernels and timeouts rather than compute: they run side by
+# side, the main suite in pytest-xdist workers, and next to it the other environments' suites one
+# after the other. pytest's --durations lists the slowest.
+XDIST_MAIN=(-n 3)
+XDIST_OTHER=(-n 2)
 
 # run_pytest LABEL PYTHON MARKER ARGS...: with a selection (ARGS), a run that collects nothing
 # is fine; without one, it means the suite is broken
 run_pytest() {
     local label="$1" python="$2" marker="$3"
     shift 3
-    step "pytest ($label) -m '$marker' $*"
+    echo "==> pytest ($label) -m '$marker' $*"
     local rc=0
     case "$python" in
-    */pytest) "$python" -m "$marker" "$@" || rc=$? ;;
-    *) "$python" -m pytest -m "$marker" "$@" || rc=$? ;;
+    */pytest) "$python" -m "$marker" --durations=10 "$@" || rc=$? ;;
+    *) "$python" -m pytest -m "$marker" --durations=10 "$@" || rc=$? ;;
     esac
     if [ "$rc" -eq 5 ] && [ "$#" -gt 0 ]; then
         return 0
@@ -228,26 +279,33 @@ run_pytest() {
     fi
 }
 
-run_pytest "main" python "not apps and not frontend" "$@"
-run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" "$@"
-# the installed wheel, not this checkout: pytest's own script does not put the working directory
-# first on sys.path, as `python -m pytest` does
-(
-    # that venv's own scripts and Jupyter first, not .venv's
-    export VIRTUAL_ENV="$WHEEL_VENV" PATH="$WHEEL_VENV/bin:$PATH"
-    run_pytest "the installed wheel" "$WHEEL_VENV/bin/pytest" "frontend" "$@"
-)
-# a selection (arguments) is for the current versions only
-if [ -x "$OLDEST_VENV/bin/python" ] && [ "$#" -eq 0 ]; then
-    run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \
-        "${OLDEST_TESTS[@]}"
-fi
+main_suite() {
+    run_pytest "main" python "not apps and not frontend" "${XDIST_MAIN[@]}" "$@"
+}
+other_suites() {
+    run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" \
+        "${XDIST_OTHER[@]}" "$@"
+    # the installed wheel, not this checkout: pytest's own script does not put the working
+    # directory first on sys.path, as `python -m pytest` does
+    (
+        # that venv's own scripts and Jupyter first, not .venv's
+        export VIRTUAL_ENV="$WHEEL_VENV" PATH="$WHEEL_VENV/bin:$PATH"
+        run_pytest "the installed wheel" "$WHEEL_VENV/bin/pytest" "frontend" "${XDIST_OTHER[@]}" "$@"
+    )
+    # a selection (arguments) is for the current versions only
+    if [ -x "$OLDEST_VENV/bin/python" ] && [ "$#" -eq 0 ]; then
+        run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \
+            "${XDIST_OTHER[@]}" "${OLDEST_TESTS[@]}"
+    fi
+    # jupyter_server's own tests, with the extension loaded and started in every server
+    if [ "$#" -eq 0 ]; then
+        echo "==> jupyter_server's own tests, without and with jupyter_idle_ext"
+        python tests/upstream/run.py || fail "a jupyter_server test fails only with jupyter_idle_ext"
+    fi
+}
 
-# -- jupyter_server's own tests, with the extension loaded and started in every server ----------
-
-if [ "$#" -eq 0 ]; then
-    step "jupyter_server's own tests, without and with jupyter_idle_ext"
-    python tests/upstream/run.py || fail "a jupyter_server test fails only with jupyter_idle_ext"
-fi
+background main-suite main_suite "$@"
+background other-suites other_suites "$@"
+collect main-suite other-suites
 
 step "All checks passed in $((SECONDS - START)) s"
