@@ -36,6 +36,7 @@ from bench_culling import cull_lateness, shutdown_lateness  # noqa: E402
 from bench_footprint import footprint, loop_scale  # noqa: E402
 from bench_gateway import gateway_round_trip  # noqa: E402
 from bench_hub import hub_posts, hub_scale  # noqa: E402
+from bench_hubstatus import hub_status_scale  # noqa: E402
 from bench_kernels import output_flood, round_trip  # noqa: E402
 from bench_processes import process_scan  # noqa: E402
 from harness import Context, Row, machine  # noqa: E402
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Row]]]] = {
     "processes": ("9. Processes", process_scan),
     "apps": ("10. Documents and proxied apps", writing_and_apps),
     "gateway": ("11. Kernels the server does not run", gateway_round_trip),
+    "hubstatus": ("12. hub-status at scale", hub_status_scale),
 }
 
 RESULTS = HERE / "RESULTS.md"

@@ -235,7 +235,7 @@ def hub_rows(
     public_url: str,
     *,
     users: set[str] | None = None,
-    workers: int = 32,
+    workers: int = 100,
     timeout: float = 5,
 ) -> list[dict[str, Any]]:
     """One row per running server of every user (or of ``users``): what keeps it, and when it
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         help='only servers kept by this kind of work ("kernel", "process", "job", ...; '
         '"idle" for those nothing keeps)',
     )
-    hub.add_argument("--workers", type=int, default=32, help="servers read at once (default: 32)")
+    hub.add_argument("--workers", type=int, default=100, help="servers read at once (default: 100)")
     args = parser.parse_args(argv)
     if args.command == "status":
         return status(args)

@@ -59,7 +59,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
     results = json.loads(data.read_text())
     rows = results["rows"]
     titles = _titles()
-    assert len(titles) == 11
+    assert len(titles) == 12
     assert {row["bench"] for row in rows} == set(titles), proc.stdout[-4000:]
 
     chp_missing = find_chp() is None
