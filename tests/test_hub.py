@@ -63,7 +63,8 @@ def test_silent_long_cell_keeps_the_hub_informed(start_hub: Callable[..., Hub]) 
     assert (utcnow() - started).total_seconds() > culler_timeout + 5
     # the Hub heard "now" all along: its timestamp moved past the culler's timeout
     assert seen[-1] - seen[0] > timedelta(seconds=culler_timeout)
-    assert max(b - a for a, b in zip(seen, seen[1:])) >= timedelta(0)
+    # and it never went back
+    assert min(b - a for a, b in zip(seen, seen[1:])) >= timedelta(0)
     assert "Culling server alice" not in hub.log()
     # and only our reporter posted: jupyterhub-singleuser's re-posts would show as "Not updating"
     assert not [line for line in hub.activity_posts("alice", "") if "Not updating" in line]
@@ -241,3 +242,66 @@ def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
     assert "needs an admin role with the scopes" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
     cell.wait(60)
+
+
+# The README's group recipe ("Policies per group"), with seconds instead of hours: the value comes
+# from the Hub's groups at each spawn, through an environment callable and a pre_spawn_hook.
+GROUP_RECIPE = """
+c.JupyterHub.load_groups = {"gpu": {"users": ["gina"]}, "cpu": {"users": ["carl"]}}
+
+IDLE_BY_GROUP = {"gpu": 15, "cpu": 3600}  # server_idle_timeout by group, in seconds
+
+
+def idle_timeout(spawner):
+    groups = {group.name for group in spawner.user.groups}
+    return str(min((t for g, t in IDLE_BY_GROUP.items() if g in groups), default=3600))
+
+
+c.Spawner.environment.update(
+    {
+        "JUPYTER_IDLE_SERVER_IDLE_TIMEOUT": idle_timeout,
+        # the same value as a ceiling: the user's own config cannot lift it
+        "JUPYTER_IDLE_SERVER_IDLE_TIMEOUT_MAX": idle_timeout,
+    }
+)
+
+
+def pre_spawn_hook(spawner):
+    if "gpu" in {group.name for group in spawner.user.groups}:
+        spawner.environment = {**spawner.environment, "JUPYTER_IDLE_CULL_IDLE_TIMEOUT": "10"}
+
+
+c.Spawner.pre_spawn_hook = pre_spawn_hook
+"""
+
+
+def test_group_policies_from_the_hub_config(start_hub: Callable[..., Hub]) -> None:
+    """A gpu group gets shorter timeouts than a cpu group, from the Hub's config alone: the gpu
+    member's server culls its idle kernel at 10 s and stops at 15 s, also with
+    ``server_idle_timeout = 0`` in that user's own config; the cpu member's server stays."""
+    hub = start_hub(
+        environment={"JUPYTER_IDLE_HUB_ACTIVITY_INTERVAL": str(INTERVAL)},
+        extra_config=GROUP_RECIPE,
+    )
+    config = hub.homes / "gina" / ".jupyter" / "jupyter_server_config.py"
+    config.parent.mkdir(parents=True)
+    config.write_text("c.IdleExtension.server_idle_timeout = 0\n")
+    hub.request_start("gina")
+    hub.request_start("carl")
+    hub.wait_ready("gina")
+    hub.wait_ready("carl")
+    policies = {}
+    for user in ("gina", "carl"):
+        status, doc = hub.user_request(user, "GET", "api/idle")
+        assert status == 200, doc
+        policies[user] = doc["policy"]
+    assert policies["gina"]["server_idle_timeout"] == 15, policies
+    assert policies["gina"]["cull_idle_timeout"] == 10, policies
+    assert policies["carl"]["server_idle_timeout"] == 3600, policies
+    assert policies["carl"]["cull_idle_timeout"] == 3600, policies
+    kernel = hub.start_kernel("gina")
+    hub.wait_log(rf"Culling idle kernel 'python3' \({kernel}\)", 30)
+    hub.wait_stopped("gina", timeout=40)
+    # the WARNING naming both values and where each came from
+    assert "IdleExtension.server_idle_timeout = 0 (never, from the configuration" in hub.log()
+    assert hub.server_info("carl") is not None
