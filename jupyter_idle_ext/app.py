@@ -27,7 +27,7 @@ from .events import emit_event, register_schema
 from .handlers import default_handlers
 from .hub import HubEnvironment, HubReporter
 from .keepalive import Keepalive, StopWhenDone
-from .metrics import IDLE_SECONDS, SECONDS_TO_SHUTDOWN
+from .metrics import IDLE_SECONDS, SECONDS_TO_SHUTDOWN, USAGE, Usage, server_labels
 from .options import IdleOptions
 from .policy import stop_when_done_delay
 from .shutdown import exit_promptly, exit_with, stop_server
@@ -203,8 +203,10 @@ class IdleExtension(IdleOptions, ExtensionApp):
         if event_logger is not None:
             # look again as soon as a kernel starts, so its own timeout is checked on time
             event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
-        IDLE_SECONDS.set_function(culler.idle_seconds)
-        SECONDS_TO_SHUTDOWN.set_function(culler.seconds_to_shutdown)
+        labels = server_labels()
+        IDLE_SECONDS.labels(*labels).set_function(culler.idle_seconds)
+        SECONDS_TO_SHUTDOWN.labels(*labels).set_function(culler.seconds_to_shutdown)
+        USAGE.usage = Usage(culler.kept_by, labels)
         self.log.info("%s", culler.describe())
         self._tasks.append(asyncio.create_task(culler.run()))
         if self.reporter is not None:
@@ -261,6 +263,9 @@ class IdleExtension(IdleOptions, ExtensionApp):
         if self.marker is not None and os.environ.get(ENV_MARKER) == self.marker:
             # processes started from now on are no longer this server's
             del os.environ[ENV_MARKER]
+        usage = USAGE.usage
+        if usage is not None and self.culler is not None and usage.kept_by == self.culler.kept_by:
+            USAGE.usage = None
         if self.culler is not None:
             try:
                 self.culler.close()

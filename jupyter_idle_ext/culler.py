@@ -15,8 +15,8 @@ from typing import Any, Callable
 from jupyter_core.utils import ensure_async
 
 from .activity import ActivityTracker, snapshot
-from .metrics import KERNELS_CULLED, TERMINALS_CULLED
-from .policy import Decision, Plan, PolicyConfig, Snapshot, decide
+from .metrics import KERNELS_CULLED, SERVER_STOPS, TERMINALS_CULLED, server_labels
+from .policy import Decision, Plan, PolicyConfig, Snapshot, decide, working
 from .shutdown import exit_promptly
 from .sources import Source
 from .sources.kernels import KernelWatcher
@@ -208,6 +208,18 @@ class IdleCuller:
             return -1.0
         return max(0.0, self.plan.server.deadline - self.tracker.clock())
 
+    def kept_by(self) -> str:
+        """What keeps the server up right now, in one word for the usage metric: kernel,
+        process, job or extension while it works, keepalive, else idle."""
+        snap = self.take_snapshot()
+        busy = working(snap, self.config)
+        if busy is not None:
+            kind = busy[2].split(" ", 1)[0]
+            return kind if kind in ("kernel", "process", "job") else "extension"
+        if snap.keepalive_until is not None and snap.keepalive_until > snap.now:
+            return "keepalive"
+        return "idle"
+
     def idle_seconds(self) -> float:
         """Seconds since the last activity as the Hub sees it (0 while something works)."""
         if self.plan is None or self.snapshot is None:
@@ -375,6 +387,7 @@ class IdleCuller:
             f"; {decision.cancels}" if decision.cancels else "",
         )
         self._server_event("shutdown_started", decision)
+        SERVER_STOPS.labels(decision.rule or "", *server_labels()).inc()
         exit_promptly(asyncio.get_running_loop(), self.shutdown_grace, self.log)
         await self.stop_server(decision.reason)
 

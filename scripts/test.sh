@@ -21,6 +21,7 @@
 #                               jupyter_server_terminals) that pyproject.toml claims, for the
 #                               kernel-cull, shutdown, start-up and process tests
 #   chromium                    Debian package, for the real-browser tests (never `playwright install`)
+#   prometheus                  Debian package, for the usage-metrics test (tests/test_prometheus.py)
 #   configurable-http-proxy@5   npm, into .venv/node, for the real-JupyterHub tests
 #
 # Installs and suites that mostly wait run side by side (their logs in .venv/ci-logs/, printed as
@@ -194,6 +195,22 @@ if command -v chromium >/dev/null 2>&1; then
 else
     step "Installing Chromium (Debian package)"
     apt_install chromium || missing "could not install chromium with apt-get"
+fi
+
+# -- Prometheus for the usage-metrics test ------------------------------------------------------
+
+if command -v prometheus >/dev/null 2>&1; then
+    step "Prometheus: $(command -v prometheus)"
+else
+    step "Installing Prometheus (Debian package; the test starts its own, the service is not started)"
+    # policy-rc.d 101: the package's scripts may not start a service on this machine
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ] && as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy"; then
+        apt_install --no-install-recommends prometheus || missing "could not install prometheus with apt-get"
+        as_root rm -f "$policy"
+    else
+        apt_install --no-install-recommends prometheus || missing "could not install prometheus with apt-get"
+    fi
 fi
 
 # -- configurable-http-proxy for the JupyterHub tests --------------------------------------------

@@ -185,7 +185,29 @@ async def test_metrics_move_when_a_kernel_is_culled(idle_app: Any, jp_fetch: Any
     name = 'jupyter_idle_ext_kernels_culled_total{reason="cull_idle_timeout"}'
     assert metric(after, name) == metric(before, name) + 1
     assert "jupyter_idle_ext_idle_seconds" in after
-    assert "jupyter_idle_ext_seconds_to_shutdown -1.0" in after  # in-process: no shutdown rule
+    # in-process: no shutdown rule; outside a Hub the user and server labels are empty
+    assert 'jupyter_idle_ext_seconds_to_shutdown{server="",user=""} -1.0' in after
+    # the kernel was idle and is gone, nothing else works: the time so far was idle
+    kept = metric(after, 'jupyter_idle_ext_kept_seconds_total{kept_by="idle",server="",user=""}')
+    assert kept > 0, after
+
+
+def test_usage_counts_each_interval_for_what_kept_the_server_at_its_start() -> None:
+    from jupyter_idle_ext.metrics import Usage
+
+    now = [100.0]
+    readings = iter(["kernel", "kernel", "idle", "keepalive"])
+    usage = Usage(lambda: next(readings), ("alice", "gpu"), clock=lambda: now[0])
+    now[0] = 110.0
+    assert usage.count() == {"idle": 10.0}  # from the start: nothing read yet
+    now[0] = 130.0
+    assert usage.count() == {"idle": 10.0, "kernel": 20.0}
+    now[0] = 135.0
+    assert usage.count() == {"idle": 10.0, "kernel": 25.0}
+    now[0] = 136.0
+    text = "".join(str(m) for m in usage.families())
+    assert "alice" in text and "gpu" in text
+    assert usage.count()["idle"] == 11.0
 
 
 async def test_events_reach_a_subscribed_client(
