@@ -42,9 +42,22 @@ async def stop_server(serverapp: Any, reporter: Any, log: Any) -> None:
     serverapp.stop()
 
 
+def held_by() -> list[str]:
+    """What may hold the exit up: the non-daemon threads, and the processes this one started
+    that still run (a job's kernel, a process a kernel left behind)."""
+    held = [f"thread {t.name}" for t in threading.enumerate() if not t.daemon and t.is_alive()]
+    with contextlib.suppress(Exception):
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                command = " ".join(child.cmdline()) or child.name()
+                held.append(f"process {child.pid} `{command[:80]}`")
+    return held
+
+
 def _flush_and_exit(log: Any, why: str, code: int = 0) -> None:
-    held_by = [t.name for t in threading.enumerate() if not t.daemon and t.is_alive()]
-    log.warning("Exiting: %s (still running: %s).", why, ", ".join(held_by) or "nothing")
+    log.warning("Exiting: %s (still running: %s).", why, ", ".join(held_by()) or "nothing")
     for handler in logging.getLogger().handlers + list(getattr(log, "handlers", [])):
         try:
             handler.flush()

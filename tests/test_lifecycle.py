@@ -113,3 +113,27 @@ async def test_without_the_optional_packages_nothing_of_theirs_is_followed(
     routes = handler_rules(jp_serverapp.web_app, object)
     observed = {"jupyter_idle_ext.sources.proxy", "jupyter_idle_ext.sources.collaboration"}
     assert routes and not [r for r in routes if r.target.__module__ in observed]
+
+
+def test_the_exit_names_the_threads_and_processes_that_held_it() -> None:
+    """The exit's log line says what still ran: a non-daemon thread, and a process the server
+    started (a job's kernel, say), not "nothing"."""
+    import subprocess
+    import sys
+    import threading
+
+    from jupyter_idle_ext.shutdown import held_by
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="a worker left behind")
+    thread.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        held = held_by()
+        assert "thread a worker left behind" in held, held
+        assert any(h.startswith(f"process {child.pid} `") and "time.sleep" in h for h in held)
+    finally:
+        release.set()
+        thread.join()
+        child.kill()
+        child.wait()
