@@ -55,7 +55,7 @@ def test_a_waiting_job_keeps_the_server_until_it_completes(
     server = scheduler_server(start_server, tmp_path)
     notebook(server.root / "report.ipynb", "import time\ntime.sleep(3)", "time.sleep(25)")
     job_id = start_job(server, "nightly", "report.ipynb")
-    server.wait_log("Following the kernel", 30)
+    server.wait_log("Following the kernel", 90)
     _, doc = server.request("GET", "/api/idle", track=False)
     jobs = [s for s in doc["sources"] if s["kind"] == "job"]
     assert jobs and jobs[0]["name"] == "job `nightly` running `report.ipynb`", doc["sources"]
@@ -78,7 +78,7 @@ def test_a_job_running_at_the_stop_is_stopped_through_the_scheduler(
     server = scheduler_server(start_server, tmp_path, "--IdleExtension.max_busy_time=10")
     notebook(server.root / "long.ipynb", "import time\ntime.sleep(300)")
     job_id = start_job(server, "endless", "long.ipynb")
-    server.wait_log("Following the kernel", 30)
+    server.wait_log("Following the kernel", 90)
     children = wait_until(lambda: psutil.Process(server.proc.pid).children(recursive=True), 10)
     assert server.wait_exit(60) == 0
     _, alive = psutil.wait_procs(children, timeout=5)

@@ -83,6 +83,8 @@ class Followed:
     task: asyncio.Task[None] | None = None
     # the job's processes (its kernel's parents below the server), to end at the stop
     runners: list[psutil.Process] = field(default_factory=list)
+    # jupyter-scheduler's id of the job, when the scheduler runs it
+    job_id: str | None = None
 
 
 class JobKernels(BaseSource):
@@ -109,6 +111,8 @@ class JobKernels(BaseSource):
         # and when a kernel of one of its jobs was last found
         self._due: dict[str, float] = {}
         self._runs_started: dict[str, float] = {}
+        # jupyter-scheduler's jobs in progress with no kernel found yet: job id -> name
+        self.starting: dict[str, str] = {}
 
     def explain(self) -> str:
         text = "notebook jobs' kernels while busy (jupyter-scheduler, papermill, nbconvert)"
@@ -184,6 +188,38 @@ class JobKernels(BaseSource):
             if known is not None:
                 self._forget(pid, "ended")
             self._follow(kernel)
+        self._jobs_starting()
+
+    def _jobs_starting(self) -> None:
+        """jupyter-scheduler's jobs in progress whose kernel has not been found yet: a job is
+        work from its start (the executor starting nbconvert takes seconds, longer on a loaded
+        machine), not only once its kernel runs."""
+        if self.scheduler is None:
+            return
+        try:
+            from jupyter_scheduler.models import Status
+            from jupyter_scheduler.orm import Job
+
+            with self.scheduler.db_session() as session:
+                running = {
+                    job.job_id: f"job `{job.name}` running `{job.input_filename}`"
+                    for job in session.query(Job).filter(Job.status == Status.IN_PROGRESS)
+                }
+        except Exception as e:
+            self.log.debug("Could not read jupyter-scheduler's jobs: %s", e)
+            return
+        with_kernel = {f.job_id for f in self.followed.values() if f.job_id}
+        starting = {id: name for id, name in running.items() if id not in with_kernel}
+        for job_id in set(self.starting) - set(starting):
+            key = ("job", f"starting-{job_id}")
+            self.tracker.set_busy(*key, False)
+            self.tracker.remove(*key)
+            del self.starting[job_id]
+        for job_id, name in starting.items():
+            if job_id not in self.starting:
+                self.starting[job_id] = name
+                self.tracker.set_busy("job", f"starting-{job_id}", True, name=name)
+                self.tracker.records[("job", f"starting-{job_id}")].detail = "starting"
 
     def _follow(self, kernel: JobKernel) -> None:
         try:
@@ -205,6 +241,8 @@ class JobKernels(BaseSource):
             else describe_job(cmdlines)
         )
         followed = Followed(kernel, name, process, runners=runners)
+        if job is not None:
+            followed.job_id = job.job_id
         self.followed[kernel.pid] = followed
         # a job starting its kernel is work begun: between the kernel's start and its first
         # execution it is idle, and a stop there would end the job as it starts
@@ -325,9 +363,17 @@ class JobKernels(BaseSource):
         """Stop every job this server started: through jupyter-scheduler where it runs them
         (so its record says STOPPED), then end each job kernel and the processes that ran it."""
         followed, self.followed = list(self.followed.values()), {}
+        starting, self.starting = dict(self.starting), {}
         for job in followed:
             if job.task is not None:
                 job.task.cancel()
+        for job_id, name in starting.items():
+            # no kernel yet: the scheduler ends the job's process itself
+            try:
+                self.scheduler.stop_job(job_id)
+                self.log.warning("Stopped %s as it started (jupyter-scheduler's job).", name)
+            except Exception as e:
+                self.log.error("Could not stop %s through jupyter-scheduler: %s", name, e)
         if not followed:
             return
         for job in followed:
