@@ -16,7 +16,15 @@ from jupyter_core.utils import ensure_async
 
 from .activity import ActivityTracker, snapshot
 from .metrics import KERNELS_CULLED, SERVER_STOPS, TERMINALS_CULLED, server_labels
-from .policy import Decision, Plan, PolicyConfig, Snapshot, decide, working
+from .policy import (
+    Decision,
+    Plan,
+    PolicyConfig,
+    Snapshot,
+    decide,
+    reported_activity,
+    working,
+)
 from .shutdown import exit_promptly
 from .sources import Source
 from .sources.kernels import KernelWatcher
@@ -221,13 +229,13 @@ class IdleCuller:
         return "idle"
 
     def idle_seconds(self) -> float:
-        """Seconds since the last activity as the Hub sees it (0 while something works)."""
-        if self.plan is None or self.snapshot is None:
+        """Seconds since the last activity as the Hub sees it (0 while something works), as of
+        now: a kernel that went busy since the last check counts (for the metric, which cannot
+        wait for a check, and never starts one)."""
+        snap = self.take_snapshot()
+        if reported_activity(snap, self.config) >= snap.now:
             return 0.0
-        reported = self.plan.reported_activity
-        if reported >= self.snapshot.now:
-            return 0.0  # working at the last check
-        return max(0.0, self.tracker.clock() - max(reported, self.tracker.last_activity))
+        return max(0.0, snap.now - snap.last_activity)
 
     async def reported_activity(self) -> float:
         """The server's last activity as the Hub should see it (now while something works)."""
