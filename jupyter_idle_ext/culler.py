@@ -216,17 +216,19 @@ class IdleCuller:
             return -1.0
         return max(0.0, self.plan.server.deadline - self.tracker.clock())
 
-    def kept_by(self) -> str:
-        """What keeps the server up right now, in one word for the usage metric: kernel,
-        process, job or extension while it works, keepalive, else idle."""
+    def kept_by(self) -> tuple[str, str]:
+        """What keeps the server up right now, for the usage metric: (kernel, process, job or
+        extension while it works, or keepalive; "") or, while nothing works, ("idle", the kind
+        of the last activity: document, app, kernel, terminal, ..., or "none")."""
         snap = self.take_snapshot()
         busy = working(snap, self.config)
         if busy is not None:
             kind = busy[2].split(" ", 1)[0]
-            return kind if kind in ("kernel", "process", "job") else "extension"
+            return (kind if kind in ("kernel", "process", "job") else "extension"), ""
         if snap.keepalive_until is not None and snap.keepalive_until > snap.now:
-            return "keepalive"
-        return "idle"
+            return "keepalive", ""
+        last = self.tracker.last_record
+        return "idle", last.kind if last is not None else "none"
 
     def idle_seconds(self) -> float:
         """Seconds since the last activity as the Hub sees it (0 while something works), as of

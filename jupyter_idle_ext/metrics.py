@@ -64,8 +64,8 @@ KEPT_HELP = (
     "Seconds the server was up, by what kept it: kernel (a kernel busy or computing), process "
     "(a process this server started working), job (a notebook job's kernel busy), extension "
     "(another extension's work), keepalive (a keep-alive in force), idle (nothing working: the "
-    "server waits out server_idle_timeout; document writes, proxied apps and other activity "
-    "restart that wait, see jupyter_idle_ext_activity)."
+    "server waits out server_idle_timeout after its last activity, whose kind is `after`: "
+    "document, app, collaboration, kernel, terminal, ..., or none)."
 )
 
 
@@ -80,18 +80,19 @@ class Usage:
 
     def __init__(
         self,
-        kept_by: Callable[[], str],
+        kept_by: Callable[[], tuple[str, str]],
         labels: tuple[str, str],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kept_by = kept_by
         self.labels = labels
         self.clock = clock
-        self.totals: dict[str, float] = {}
+        # (kept_by, after) -> seconds
+        self.totals: dict[tuple[str, str], float] = {}
         self.since = clock()
-        self.current = "idle"
+        self.current = ("idle", "none")
 
-    def count(self) -> dict[str, float]:
+    def count(self) -> dict[tuple[str, str], float]:
         now = self.clock()
         self.totals[self.current] = self.totals.get(self.current, 0.0) + max(0.0, now - self.since)
         self.since = now
@@ -102,10 +103,12 @@ class Usage:
 
     def families(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
-            "jupyter_idle_ext_kept_seconds", KEPT_HELP, labels=["kept_by", *SERVER_LABELS]
+            "jupyter_idle_ext_kept_seconds",
+            KEPT_HELP,
+            labels=["kept_by", "after", *SERVER_LABELS],
         )
-        for kept_by, seconds in sorted(self.count().items()):
-            family.add_metric([kept_by, *self.labels], seconds)
+        for (kept_by, after), seconds in sorted(self.count().items()):
+            family.add_metric([kept_by, after, *self.labels], seconds)
         yield family
 
 

@@ -1,8 +1,10 @@
-"""A real Jupyter Enterprise Gateway for the tests of kernels that run on a gateway.
+"""A real Jupyter Enterprise Gateway or Kernel Gateway for the tests of kernels that run on a
+gateway.
 
 Enterprise Gateway 3.3.0 pins jupyter_server 1.24 and jupyter_client 6, so it runs from a venv of
-its own (``.venv-gateway``, made by scripts/test.sh), as the separate service it is in a
-deployment; the Jupyter server under test talks to it over HTTP and websockets on loopback.
+its own (``.venv-gateway``, made by scripts/test.sh); Kernel Gateway 3 runs on the test venv's
+jupyter_server 2 (the ``test`` extra). Each runs as the separate service it is in a deployment;
+the Jupyter server under test talks to it over HTTP and websockets on loopback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -23,26 +26,38 @@ GATEWAY_VENV = Path(__file__).resolve().parent.parent / ".venv-gateway"
 
 
 class Gateway:
-    """``jupyter enterprisegateway`` on a loopback port; ``kernels()`` reads its own list."""
+    """``jupyter enterprisegateway`` (``kind="enterprise"``) or ``jupyter kernelgateway``
+    (``kind="kernel"``) on a loopback port; ``kernels()`` reads its own list."""
 
-    def __init__(self, workdir: Path) -> None:
-        program = GATEWAY_VENV / "bin" / "jupyter-enterprisegateway"
-        require(program.exists(), f"Enterprise Gateway is not installed in {GATEWAY_VENV}")
+    def __init__(self, workdir: Path, kind: str = "enterprise") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"gateway-{self.port}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 -- closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_")}
-        self.proc = subprocess.Popen(
-            [
-                str(program),
+        if kind == "enterprise":
+            program = GATEWAY_VENV / "bin" / "jupyter-enterprisegateway"
+            require(program.exists(), f"Enterprise Gateway is not installed in {GATEWAY_VENV}")
+            args = [
                 "--ip=127.0.0.1",
                 f"--port={self.port}",
                 "--port_retries=0",
                 "--EnterpriseGatewayApp.list_kernels=True",
                 # its default refuses root, which CI runs as
                 "--EnterpriseGatewayApp.unauthorized_users={'nobody'}",
-            ],
+            ]
+        else:
+            program = Path(sys.executable).parent / "jupyter-kernelgateway"
+            require(program.exists(), "Kernel Gateway is not installed (the test extra)")
+            args = [
+                "--KernelGatewayApp.ip=127.0.0.1",
+                f"--KernelGatewayApp.port={self.port}",
+                "--KernelGatewayApp.port_retries=0",
+                "--JupyterWebsocketPersonality.list_kernels=True",
+            ]
+        self.kind = kind
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 -- closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_")}
+        self.proc = subprocess.Popen(
+            [str(program), *args],
             cwd=workdir,
             env=env,
             stdout=self._log,

@@ -228,3 +228,44 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
             browser.close()
     finally:
         s.stop()
+
+
+def test_a_kernel_on_a_gateway_is_named_remote_in_the_panel_and_at_its_cull(
+    tmp_path: Path,
+) -> None:
+    """S18 in the page: a notebook's kernel runs on a real Kernel Gateway; the indicator's panel
+    says where it runs, and so does the notice when it is culled."""
+    from gateway import Gateway
+
+    cull = 15
+    gateway = Gateway(tmp_path, "kernel")
+    s = server(
+        tmp_path,
+        f"--gateway-url={gateway.url}",
+        f"--IdleExtension.cull_idle_timeout={cull}",
+        "--IdleExtension.server_idle_timeout=0",
+    )
+    sync_playwright, chromium = playwright_and_chromium()
+    try:
+        with sync_playwright() as p:
+            browser = launch(p, chromium)
+            page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
+            page.goto(f"{s.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
+            page.locator(INDICATOR).wait_for(timeout=60_000)
+            wait_until(lambda: gateway.kernels(), 60)
+            page.locator(INDICATOR).click()
+            page.get_by_text(
+                re.compile(rf"on the gateway {re.escape(gateway.url)}")
+            ).first.wait_for(timeout=30_000)
+            page.keyboard.press("Escape")
+            page.get_by_text(
+                re.compile(
+                    rf"Kernel python3 on the gateway {re.escape(gateway.url)} of idle\.ipynb "
+                    "was stopped at"
+                )
+            ).first.wait_for(timeout=(cull + 30) * 1000)
+            assert gateway.kernels() == []
+            browser.close()
+    finally:
+        s.stop()
+        gateway.stop()

@@ -1,4 +1,5 @@
-"""Kernels on a gateway (S18): a real Jupyter Enterprise Gateway runs them, the server under test
+"""Kernels on a gateway (S18): a real Jupyter Enterprise Gateway and a real Jupyter Kernel Gateway
+run them (each test runs with both), the server under test
 runs with ``--gateway-url`` and relays a tab's websocket.
 
 Executions and a silent busy cell keep the remote kernel and the server; an idle remote kernel is
@@ -24,9 +25,10 @@ from servers import ServerProcess, wait_until
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path)
+@pytest.fixture(params=["enterprise", "kernel"])
+def gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    """Jupyter Enterprise Gateway, and Jupyter Kernel Gateway."""
+    gw = Gateway(tmp_path, request.param)
     yield gw
     gw.stop()
 

@@ -149,6 +149,11 @@ def test_prometheus_answers_which_servers_idle_longest_and_hours_by_kind(
             'sum by (user) (jupyter_idle_ext_kept_seconds_total{kept_by="kernel"})'
         )
         assert [r["metric"]["user"] for r in per_server] == ["alice"], per_server
+        # bob's idle time followed no activity at all
+        after = prometheus.query(
+            'sum by (after) (jupyter_idle_ext_kept_seconds_total{kept_by="idle", user="bob"})'
+        )
+        assert [r["metric"]["after"] for r in after] == ["none"], after
     finally:
         prometheus.stop()
     cell.wait(60)

@@ -188,26 +188,30 @@ async def test_metrics_move_when_a_kernel_is_culled(idle_app: Any, jp_fetch: Any
     # in-process: no shutdown rule; outside a Hub the user and server labels are empty
     assert 'jupyter_idle_ext_seconds_to_shutdown{server="",user=""} -1.0' in after
     # the kernel was idle and is gone, nothing else works: the time so far was idle
-    kept = metric(after, 'jupyter_idle_ext_kept_seconds_total{kept_by="idle",server="",user=""}')
-    assert kept > 0, after
+    idle = [
+        line
+        for line in after.splitlines()
+        if line.startswith("jupyter_idle_ext_kept_seconds_total{") and 'kept_by="idle"' in line
+    ]
+    assert idle and float(idle[0].rsplit(" ", 1)[1]) > 0, after
 
 
 def test_usage_counts_each_interval_for_what_kept_the_server_at_its_start() -> None:
     from jupyter_idle_ext.metrics import Usage
 
     now = [100.0]
-    readings = iter(["kernel", "kernel", "idle", "keepalive"])
+    readings = iter([("kernel", ""), ("kernel", ""), ("idle", "document"), ("keepalive", "")])
     usage = Usage(lambda: next(readings), ("alice", "gpu"), clock=lambda: now[0])
     now[0] = 110.0
-    assert usage.count() == {"idle": 10.0}  # from the start: nothing read yet
+    assert usage.count() == {("idle", "none"): 10.0}  # from the start: nothing read yet
     now[0] = 130.0
-    assert usage.count() == {"idle": 10.0, "kernel": 20.0}
+    assert usage.count() == {("idle", "none"): 10.0, ("kernel", ""): 20.0}
     now[0] = 135.0
-    assert usage.count() == {"idle": 10.0, "kernel": 25.0}
+    assert usage.count() == {("idle", "none"): 10.0, ("kernel", ""): 25.0}
     now[0] = 136.0
     text = "".join(str(m) for m in usage.families())
     assert "alice" in text and "gpu" in text
-    assert usage.count()["idle"] == 11.0
+    assert usage.count()[("idle", "document")] == 1.0
 
 
 async def test_events_reach_a_subscribed_client(
