@@ -258,12 +258,20 @@ def test_a_kernel_on_a_gateway_is_named_remote_in_the_panel_and_at_its_cull(
                 re.compile(rf"on the gateway {re.escape(gateway.url)}")
             ).first.wait_for(timeout=30_000)
             page.keyboard.press("Escape")
-            page.get_by_text(
-                re.compile(
-                    rf"Kernel python3 on the gateway {re.escape(gateway.url)} of idle\.ipynb "
-                    "was stopped at"
-                )
-            ).first.wait_for(timeout=(cull + 30) * 1000)
+            s.wait_log("Culling idle remote kernel", cull + 60)
+            culled = time.monotonic()
+            notice = re.compile(
+                rf"Kernel python3 on the gateway {re.escape(gateway.url)} of idle\.ipynb "
+                "was stopped at"
+            )
+            try:
+                page.get_by_text(notice).first.wait_for(timeout=30_000)
+            except Exception as e:
+                toasts = page.locator(".Toastify").inner_text()
+                raise AssertionError(
+                    f"no notice {time.monotonic() - culled:.0f} s after the cull: {toasts!r}\n"
+                    f"{s.log()[-3000:]}"
+                ) from e
             assert gateway.kernels() == []
             browser.close()
     finally:
