@@ -297,7 +297,7 @@ run_pytest() {
 }
 
 main_suite() {
-    run_pytest "main" python "not apps and not frontend" "${XDIST_MAIN[@]}" "$@"
+    run_pytest "main" python "not apps and not frontend and not serial" "${XDIST_MAIN[@]}" "$@"
 }
 other_suites() {
     run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" \
@@ -324,5 +324,8 @@ other_suites() {
 background main-suite main_suite "$@"
 background other-suites other_suites "$@"
 collect main-suite other-suites
+# then, alone on the machine, what is CPU-heavy or timing-tight
+step "pytest (alone) -m serial"
+run_pytest "alone" python "serial" "$@"
 
 step "All checks passed in $((SECONDS - START)) s"

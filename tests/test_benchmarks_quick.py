@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 HUB_BENCHMARKS = {"5. Hub posts", "6. Hub load at scale"}
 
-pytestmark = pytest.mark.timeout(900)
+# CPU-heavy for minutes: it would skew the timing of tests running beside it
+pytestmark = [pytest.mark.timeout(900), pytest.mark.serial]
 
 
 def _titles() -> list[str]:
