@@ -143,7 +143,12 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float) -> str:
-        return str(wait_until(lambda: text in self.log() and self.log(), timeout))
+        try:
+            return str(wait_until(lambda: text in self.log() and self.log(), timeout))
+        except AssertionError:
+            raise AssertionError(
+                f"{text!r} not in the log within {timeout} s:\n{self.log()[-4000:]}"
+            ) from None
 
     # -- HTTP --------------------------------------------------------------------------------
 
