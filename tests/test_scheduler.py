@@ -20,10 +20,12 @@ from test_jobs import TIMEOUT, notebook
 pytestmark = [pytest.mark.apps, pytest.mark.timeout(180)]
 
 
-def scheduler_server(start_server: Any, tmp_path: Path, *args: str) -> ServerProcess:
+def scheduler_server(
+    start_server: Any, tmp_path: Path, *args: str, warning: int = 2, timeout: int = TIMEOUT
+) -> ServerProcess:
     return start_server(
-        f"--IdleExtension.server_idle_timeout={TIMEOUT}",
-        "--IdleExtension.shutdown_warning=2",
+        f"--IdleExtension.server_idle_timeout={timeout}",
+        f"--IdleExtension.shutdown_warning={warning}",
         "--IdleExtension.process_check_interval=1",
         f"--SchedulerApp.db_url=sqlite:///{tmp_path}/scheduler.sqlite",
         f"--Scheduler.staging_path={tmp_path}/staging",
@@ -70,6 +72,47 @@ def test_a_waiting_job_keeps_the_server_until_it_completes(
     assert server.wait_exit(TIMEOUT + 20) == 0
     after = time.monotonic() - ended
     assert TIMEOUT - 2 <= after <= TIMEOUT + 6, (after, server.log()[-3000:])
+
+
+def test_a_job_created_as_the_stop_comes_keeps_the_server(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The job's record says IN_PROGRESS only once its executor process has started Python and
+    nbconvert; a job is work from its creation."""
+    server = scheduler_server(start_server, tmp_path, warning=4)
+    notebook(server.root / "report.ipynb", "import time\ntime.sleep(3)")
+    server.wait_log("The server will shut down at", TIMEOUT + 10)
+    time.sleep(3)  # the stop is due in about 1 s
+    job_id = start_job(server, "late", "report.ipynb")
+    server.wait_log("Following the kernel", 60)
+    assert server.running, server.log()[-3000:]
+    wait_until(lambda: job_status(server, job_id) == "COMPLETED", 90)
+    assert server.wait_exit(TIMEOUT + 20) == 0
+    assert "Shutdown cancelled" in server.log()
+
+
+def test_a_job_stopped_as_it_starts_leaves_no_process_and_its_record_says_stopped(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """max_server_age stops the server a moment after a job was created, while its executor
+    is still starting Python: the executor is ended, and the scheduler's record says
+    STOPPED."""
+    server = scheduler_server(
+        start_server, tmp_path, "--IdleExtension.max_server_age=15", warning=4, timeout=0
+    )
+    notebook(server.root / "report.ipynb", "import time\ntime.sleep(60)")
+    server.wait_log("The server will shut down at", 30)
+    time.sleep(3.2)
+    job_id = start_job(server, "late", "report.ipynb")
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    assert server.wait_exit(30) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+    log = server.log()
+    assert "Stopped job `late` running `report.ipynb`" in log, log[-3000:]
+    with sqlite3.connect(tmp_path / "scheduler.sqlite") as db:
+        (status,) = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    assert status == "STOPPED"
 
 
 def test_a_job_running_at_the_stop_is_stopped_through_the_scheduler(

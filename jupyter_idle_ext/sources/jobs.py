@@ -191,9 +191,12 @@ class JobKernels(BaseSource):
         self._jobs_starting()
 
     def _jobs_starting(self) -> None:
-        """jupyter-scheduler's jobs in progress whose kernel has not been found yet: a job is
-        work from its start (the executor starting nbconvert takes seconds, longer on a loaded
-        machine), not only once its kernel runs."""
+        """jupyter-scheduler's jobs whose kernel has not been found yet: a job is work from its
+        creation, not only once its kernel runs. The scheduler starts the job's executor
+        process at once, but the job's record says IN_PROGRESS only once that process has
+        started Python and imported nbconvert (seconds, longer on a loaded machine); until then
+        the record has no start time (and the status STOPPED, the column's default), and its
+        executor is a live child process of this server."""
         if self.scheduler is None:
             return
         try:
@@ -201,9 +204,25 @@ class JobKernels(BaseSource):
             from jupyter_scheduler.orm import Job
 
             with self.scheduler.db_session() as session:
+                jobs = session.query(Job).filter(
+                    Job.end_time.is_(None),
+                    Job.status.in_(
+                        [Status.IN_PROGRESS, Status.CREATED, Status.QUEUED, Status.STOPPED]
+                    ),
+                )
+                now_ms = datetime.now(timezone.utc).timestamp() * 1000
                 running = {
                     job.job_id: f"job `{job.name}` running `{job.input_filename}`"
-                    for job in session.query(Job).filter(Job.status == Status.IN_PROGRESS)
+                    for job in jobs
+                    if job.status == Status.IN_PROGRESS
+                    or (
+                        job.start_time is None
+                        and (
+                            self._executor_alive(job.pid)
+                            # recorded, its executor not yet started (the pid comes after)
+                            or (job.pid is None and now_ms - (job.create_time or 0) < 60_000)
+                        )
+                    )
                 }
         except Exception as e:
             self.log.debug("Could not read jupyter-scheduler's jobs: %s", e)
@@ -220,6 +239,17 @@ class JobKernels(BaseSource):
                 self.starting[job_id] = name
                 self.tracker.set_busy("job", f"starting-{job_id}", True, name=name)
                 self.tracker.records[("job", f"starting-{job_id}")].detail = "starting"
+
+    @staticmethod
+    def _executor_alive(pid: int | None) -> bool:
+        """Is ``pid`` a running process this server started (a job's executor)?"""
+        if not pid:
+            return False
+        try:
+            process = psutil.Process(pid)
+            return bool(process.ppid() == os.getpid() and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
 
     def _follow(self, kernel: JobKernel) -> None:
         try:
@@ -368,9 +398,11 @@ class JobKernels(BaseSource):
             if job.task is not None:
                 job.task.cancel()
         for job_id, name in starting.items():
-            # no kernel yet: the scheduler ends the job's process itself
+            # no kernel yet: the scheduler ends the job's process itself (once its record says
+            # IN_PROGRESS); an executor still starting is ended here, its record marked STOPPED
             try:
                 self.scheduler.stop_job(job_id)
+                await self._stop_starting_executor(job_id)
                 self.log.warning("Stopped %s as it started (jupyter-scheduler's job).", name)
             except Exception as e:
                 self.log.error("Could not stop %s through jupyter-scheduler: %s", name, e)
@@ -406,6 +438,38 @@ class JobKernels(BaseSource):
                 STOP_TIMEOUT,
                 ", ".join(f"pid {p.pid}" for p in alive),
             )
+
+    async def _stop_starting_executor(self, job_id: str) -> None:
+        from jupyter_scheduler.models import Status
+        from jupyter_scheduler.orm import Job
+
+        with self.scheduler.db_session() as session:
+            job = session.query(Job).filter(Job.job_id == job_id).first()
+            pid = job.pid if job is not None else None
+        if not self._executor_alive(pid):
+            return
+        executor = psutil.Process(pid)
+        processes = [executor]
+        with contextlib.suppress(psutil.Error):
+            processes += executor.children(recursive=True)
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        loop = asyncio.get_running_loop()
+        _, alive = await loop.run_in_executor(
+            None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
+        )
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        with self.scheduler.db_session() as session:
+            session.query(Job).filter(Job.job_id == job_id).update(
+                {
+                    "status": Status.STOPPED,
+                    "status_message": "stopped by the idle shutdown as it started",
+                }
+            )
+            session.commit()
 
 
 def make(context: Context) -> JobKernels | None:
