@@ -83,6 +83,9 @@ class ActivityTracker:
         self.scheduled: tuple[ScheduledRun, ...] = ()
         # moves on every change, so a reader knows whether the loop's last plan saw it
         self.generation = 0
+        # set while the idle stop saves what pages left unsaved: those writes are the stop's
+        # own work, not activity
+        self.saving_for_stop = False
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class ActivityTracker:
 
     def touch_document(self, path: str, action: str) -> None:
         """A document was written ("saved", "renamed", ...); only the latest ones are listed."""
+        if self.saving_for_stop:
+            return
         self.touch("document", path, path, action)
         documents = self.of_kind("document")
         if len(documents) > MAX_DOCUMENTS:

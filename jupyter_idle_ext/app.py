@@ -37,12 +37,16 @@ from .sources.kernels import KernelWatcher
 from .sources.processes import ENV_MARKER, mark_environment
 from .sources.terminals import TerminalWatcher
 from .status import build_status
+from .unsaved import Unsaved
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 # how many of the latest actions the status document lists
 RECENT = 20
 # how long the stop waits for the check loop and the Hub reporter to end once cancelled
 STOP_WAIT = 5.0
+# how long an idle stop waits for open pages to save what they hold unsaved (at most half of
+# shutdown_grace); then the server saves from the copies the pages sent
+SAVE_WAIT = 15.0
 
 
 class IdleExtension(IdleOptions, ExtensionApp):
@@ -65,6 +69,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
         self.reporter: HubReporter | None = None
         self.keepalive: Keepalive | None = None
         self.stop_when_done: StopWhenDone | None = None
+        self.unsaved: Unsaved | None = None
         # the latest actions, newest first, for the status document (a tab shows the last cull)
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
         self.sources = Sources()
@@ -174,6 +179,19 @@ class IdleExtension(IdleOptions, ExtensionApp):
                 interval=self.hub_activity_interval,
                 log=self.log,
             )
+        self.unsaved = unsaved = Unsaved(
+            serverapp.contents_manager,
+            self.log,
+            saving=lambda on: setattr(self.tracker, "saving_for_stop", on),
+        )
+
+        async def stop(reason: str) -> None:
+            try:
+                await unsaved.save_before_stop(min(SAVE_WAIT, self.shutdown_grace / 2))
+            except Exception:
+                self.log.exception("Could not save the unsaved documents before the stop")
+            await stop_server(serverapp, self.reporter, self.log)
+
         self.culler = culler = IdleCuller(
             tracker=self.tracker,
             config=self.policy,
@@ -181,7 +199,8 @@ class IdleExtension(IdleOptions, ExtensionApp):
             terminals=terminals,
             kernel_manager=serverapp.kernel_manager,
             terminal_manager=getattr(terminals, "tm", None),
-            stop_server=lambda reason: stop_server(serverapp, self.reporter, self.log),
+            stop_server=stop,
+            unsaved=unsaved.note,
             log=self.log,
             shutdown_grace=self.shutdown_grace,
             emit=self.emit,
@@ -246,6 +265,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
             ceilings=self.ceilings(),
             lost=self.capabilities.lost,
             recent=list(self.recent),
+            unsaved=self.unsaved.status() if self.unsaved is not None else None,
         )
 
     async def stop_extension(self) -> None:

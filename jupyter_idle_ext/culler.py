@@ -65,6 +65,7 @@ class IdleCuller:
         shutdown_grace: float = 30.0,
         emit: Callable[[dict[str, Any]], None] = lambda event: None,
         sources: Sequence[Source] | None = None,
+        unsaved: Callable[[], str] = lambda: "",
     ) -> None:
         self.tracker = tracker
         self.config = config
@@ -76,6 +77,8 @@ class IdleCuller:
         self.log = log
         self.shutdown_grace = shutdown_grace
         self.emit = emit
+        # "2 documents unsaved: they will be saved before the stop", or "", for the warning
+        self.unsaved = unsaved
         self.stopping = False
         # every source: refreshed before each check, and asked to look again right before
         # anything is stopped (the process source samples then)
@@ -355,12 +358,14 @@ class IdleCuller:
             # warned again for another rule or an earlier time; a later time under the same
             # rule (stop when done, where each save pushes the deadline a little) is logged only
             if warned is None or warned[0] != decision.rule or decision.deadline < warned[1] - 1:
+                unsaved = self.unsaved()
                 self.log.warning(
-                    "The server will shut down at %s (in %d s): %s%s.",
+                    "The server will shut down at %s (in %d s): %s%s%s.",
                     at,
                     left,
                     decision.rule,
                     f"; {decision.cancels}" if decision.cancels else "",
+                    f"; {unsaved}" if unsaved else "",
                 )
                 self._server_event("shutdown_warned", decision, at=at)
                 self._warned = (decision.rule, decision.deadline)

@@ -1,7 +1,9 @@
-"""REST handlers: the status document, the user's keep-alive and "stop when done".
+"""REST handlers: the status document, the user's keep-alive and "stop when done", a person's
+edits in a page, and the unsaved documents of the open pages.
 
-None of them is activity: reading the status must never delay a shutdown, and a keep-alive or
-"stop when done" is its own signal.
+The requests themselves are never activity: reading the status must never delay a shutdown, a
+keep-alive or "stop when done" is its own signal, and an edit counts because a person typed
+(the page sends it on input events only), not because a request came.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from .metrics import KEEPALIVES
+from .metrics import ACTIVITY, KEEPALIVES
+from .unsaved import ReportError, parse_report
 
 # a keep-alive request is a few bytes; anything bigger is refused before it is parsed
 MAX_BODY = 4096
@@ -117,8 +120,57 @@ class StopWhenDoneHandler(IdleHandler):
         self.finish(json.dumps({"cancelled": self.stop_when_done.cancel()}))
 
 
+def _json_body(handler: APIHandler, limit: int | None, example: str) -> Any:
+    if limit is not None and len(handler.request.body) > limit:
+        raise web.HTTPError(413, f"body larger than {limit} bytes")
+    try:
+        return json.loads(handler.request.body or b"null")
+    except (ValueError, RecursionError):
+        raise web.HTTPError(400, f"body must be JSON like {example}") from None
+
+
+class EditHandler(IdleHandler):
+    """POST {"path": ...}: a person typed into that open document (saved or not)."""
+
+    auth_resource = "jupyter_idle_ext:edit"
+
+    @web.authenticated
+    @authorized
+    def post(self) -> None:
+        body = _json_body(self, MAX_BODY, '{"path": "notes.md"}')
+        path = body.get("path") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not path.strip("/") or len(path) > MAX_BODY:
+            raise web.HTTPError(400, '"path" must be the path of the document typed into')
+        self.idle_app.tracker.touch_document(path.strip("/"), "edited")
+        ACTIVITY.labels("edit").inc()
+        self.finish(json.dumps({"path": path.strip("/")}))
+
+
+class UnsavedHandler(IdleHandler):
+    """POST a page's unsaved documents (with their content near a stop), to be saved before an
+    idle stop; see unsaved.py."""
+
+    auth_resource = "jupyter_idle_ext:unsaved"
+
+    @web.authenticated
+    @authorized
+    def post(self) -> None:
+        body = _json_body(self, None, '{"page": "...", "documents": []}')
+        try:
+            page, drafts, saved = parse_report(body)
+        except ReportError as e:
+            raise web.HTTPError(400, str(e)) from None
+        unsaved = self.idle_app.unsaved
+        if unsaved is None:
+            raise web.HTTPError(503, "jupyter_idle_ext is not running")
+        unsaved.report(page, drafts, saved)
+        self.finish(json.dumps(unsaved.status()))
+
+
 default_handlers = [
     (r"/api/idle", StatusHandler),
     (r"/api/idle/keepalive", KeepaliveHandler),
     (r"/api/idle/stop-when-done", StopWhenDoneHandler),
+    (r"/api/idle/edit", EditHandler),
+    (r"/api/idle/unsaved", UnsavedHandler),
 ]

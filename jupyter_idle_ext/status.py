@@ -57,6 +57,7 @@ def build_status(
     lost: dict[str, str] | None = None,
     recent: list[dict[str, Any]] | None = None,
     ceilings: dict[str, float] | None = None,
+    unsaved: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     def iso(monotonic: float | None) -> str | None:
         return None if monotonic is None else tracker.isoformat(monotonic)
@@ -190,4 +191,7 @@ def build_status(
         "ceilings": ceilings or {},
         # what cannot be seen in this server, and what follows from it
         "capabilities_lost": lost or {},
+        # the documents open pages hold unsaved (saved before an idle stop), whether the stop
+        # is saving them now, and what it saved where
+        "unsaved": unsaved or {"documents": [], "note": "", "saving": False, "saved": []},
     }

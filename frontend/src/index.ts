@@ -9,6 +9,13 @@
  * - After an idle shutdown the page says the server was stopped for idleness, and when, instead
  *   of "server unavailable"; after a kernel cull it says which kernel was stopped, when and why.
  *
+ * - A person typing into an open document is activity, saved or not: the page tells the server
+ *   on keystrokes, pastes and drops in a document (at most every 5 s), never on a timer.
+ * - Before an idle stop the page saves its unsaved documents; a file changed on disk since it was
+ *   loaded is never overwritten: the page's version goes beside it (name.unsaved-<time>.ext). The
+ *   page tells the server which documents are unsaved, and near a stop sends their content, so
+ *   that the server saves them if the page cannot.
+ *
  * It only reads GET api/idle, which is never activity, so an open tab never keeps the server up:
  * a keep-alive comes from a click, never from the tab itself.
  */
@@ -23,10 +30,15 @@ import { ServerConnection, ServiceManager } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
 
-/** How often the status is read; more often when a shutdown is near. */
+/** How often the status is read; more often when a shutdown is near, each second at its time. */
 const POLL_MS = 30_000;
 const NEAR_POLL_MS = 5_000;
 const NEAR_S = 120;
+const DUE_POLL_MS = 1_000;
+/** A person's edits are told to the server at most this often (the last one too, that late). */
+const EDIT_EVERY_MS = 5_000;
+/** A file on disk newer than the version loaded by more than this changed since (as JupyterLab). */
+const CHANGED_ON_DISK_MS = 500;
 
 interface IDecided {
   action: string;
@@ -68,6 +80,20 @@ interface IRecent {
   time: string;
 }
 
+interface ISaved {
+  path: string;
+  saved_as: string;
+  by?: string;
+  changed_on_disk: boolean;
+}
+
+interface IUnsavedStatus {
+  documents: string[];
+  note: string;
+  saving: boolean;
+  saved: ISaved[];
+}
+
 export interface IStatus {
   now: string;
   last_activity: string;
@@ -89,6 +115,52 @@ export interface IStatus {
   sources: ISourceStatus[];
   recent: IRecent[];
   policy: Record<string, number | boolean | null>;
+  unsaved?: IUnsavedStatus;
+}
+
+/** What the page needs of an open document's context (a DocumentWidget's). */
+interface IDocContext {
+  path: string;
+  model: { dirty: boolean; toJSON(): unknown; toString(): string };
+  contentsModel: { last_modified?: string; type?: string; format?: string | null } | null;
+  save(): Promise<void>;
+}
+
+/** Is this key one that edits (a character, a deletion, a new line, a paste or an undo)? */
+export function isEditKey(event: {
+  key: string;
+  ctrlKey: boolean;
+  metaKey: boolean;
+  altKey: boolean;
+}): boolean {
+  const command = event.ctrlKey || event.metaKey;
+  if (command) {
+    return ['v', 'x', 'z', 'y', 'V', 'X', 'Z', 'Y'].includes(event.key);
+  }
+  return event.key.length === 1 || ['Backspace', 'Delete', 'Enter', 'Tab'].includes(event.key);
+}
+
+/** Where a version that must not overwrite ``path`` goes: "notes.unsaved-<time>.txt" (UTC). */
+export function beside(path: string, now: Date): string {
+  const slash = path.lastIndexOf('/');
+  const directory = path.slice(0, slash + 1);
+  const name = path.slice(slash + 1);
+  const dot = name.startsWith('.') ? -1 : name.indexOf('.');
+  const stem = dot < 0 ? name : name.slice(0, dot);
+  const extension = dot < 0 ? '' : name.slice(dot);
+  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return `${directory}${stem}.unsaved-${stamp}${extension}`;
+}
+
+/** What the stop did with unsaved documents, for people. */
+export function describeSaves(saved: ISaved[]): string {
+  return saved
+    .map(s =>
+      s.changed_on_disk
+        ? `${s.path} had changed on disk: it is kept as it was, and your unsaved version is in ${s.saved_as}.`
+        : `${s.path} was saved before the stop.`
+    )
+    .join(' ');
 }
 
 /** Seconds as a person says them: "45 s", "12 min", "2 h 03 min". */
@@ -181,6 +253,18 @@ class IdleClient {
     return this.request('stop-when-done', on ? { method: 'POST', body: '{}' } : { method: 'DELETE' });
   }
 
+  edited(path: string): Promise<any> {
+    return this.request('edit', { method: 'POST', body: JSON.stringify({ path }) });
+  }
+
+  reportUnsaved(report: {
+    page: string;
+    documents: Record<string, unknown>[];
+    saved?: ISaved[];
+  }): Promise<IUnsavedStatus> {
+    return this.request('unsaved', { method: 'POST', body: JSON.stringify(report) });
+  }
+
   async stopNow(): Promise<void> {
     const url = URLExt.join(this.settings.baseUrl, 'api/shutdown');
     await ServerConnection.makeRequest(url, { method: 'POST' }, this.settings);
@@ -199,6 +283,37 @@ class IdleClient {
       server.seconds_to_shutdown === null ? null : server.seconds_to_shutdown - this.elapsed();
     return left !== null && left < 15;
   }
+}
+
+/**
+ * The Hub's page that starts this server again (named servers included), or null without a Hub.
+ */
+export function spawnUrl(options: {
+  hubHost: string;
+  hubPrefix: string;
+  hubUser: string;
+  hubServerName: string;
+}): string | null {
+  if (!options.hubPrefix) {
+    return null;
+  }
+  const parts = ['spawn'];
+  if (options.hubUser) {
+    parts.push(encodeURIComponent(options.hubUser));
+    if (options.hubServerName) {
+      parts.push(encodeURIComponent(options.hubServerName));
+    }
+  }
+  return options.hubHost + URLExt.join(options.hubPrefix, ...parts);
+}
+
+function hubSpawnUrl(): string | null {
+  return spawnUrl({
+    hubHost: PageConfig.getOption('hubHost'),
+    hubPrefix: PageConfig.getOption('hubPrefix'),
+    hubUser: PageConfig.getOption('hubUser'),
+    hubServerName: PageConfig.getOption('hubServerName')
+  });
 }
 
 function node(tag: string, text?: string, className?: string): HTMLElement {
@@ -314,6 +429,135 @@ const plugin: JupyterFrontEndPlugin<void> = {
     let warnedAt = 0;
     let stoppedShown = false;
     let stoppedByUser = false;
+    // this page, to the server's list of unsaved documents; what it last told it; what the stop
+    // saved (by this page or by the server), for the stopped dialog
+    const pageId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+    let lastReport = '';
+    let savedAtStop: ISaved[] = [];
+    let savingForStop: Promise<void> | null = null;
+    let lastEditSent = 0;
+    let editPending = 0;
+
+    /** The open documents (each once), by the shell's main-area widgets' contexts. */
+    const openDocuments = (): { context: IDocContext; node: HTMLElement }[] => {
+      const found = new Map<string, { context: IDocContext; node: HTMLElement }>();
+      for (const widget of app.shell.widgets('main')) {
+        const context = (widget as any).context as IDocContext | undefined;
+        if (context?.path && context.model && !found.has(context.path)) {
+          found.set(context.path, { context, node: widget.node });
+        }
+      }
+      return [...found.values()];
+    };
+
+    const unsavedContexts = (): IDocContext[] =>
+      openDocuments()
+        .map(d => d.context)
+        .filter(
+          c =>
+            c.model.dirty &&
+            ['notebook', 'file'].includes(c.contentsModel?.type ?? 'file') &&
+            // saved beside it at the stop: the page still holds it unsaved, the server need not
+            !savedAtStop.some(s => s.path === c.path)
+        );
+
+    const draft = (context: IDocContext, withContent: boolean): Record<string, unknown> => {
+      const notebook = context.contentsModel?.type === 'notebook';
+      return {
+        path: context.path,
+        last_modified: context.contentsModel?.last_modified ?? null,
+        type: notebook ? 'notebook' : 'file',
+        format: notebook ? 'json' : 'text',
+        ...(withContent
+          ? { content: notebook ? context.model.toJSON() : context.model.toString() }
+          : {})
+      };
+    };
+
+    /** Tell the server what this page holds unsaved; near a stop, with the content. */
+    const reportUnsaved = async (withContent: boolean, saved: ISaved[] = []) => {
+      const documents = unsavedContexts().map(c => draft(c, withContent));
+      const report = JSON.stringify({ documents, saved });
+      // an unchanged report is sent again with each read of the status, so the server knows
+      // the page is still there; an empty one only once
+      if (report === lastReport && !documents.length && !saved.length) {
+        return;
+      }
+      lastReport = report;
+      try {
+        await client.reportUnsaved({ page: pageId, documents, saved });
+      } catch {
+        lastReport = '';
+      }
+    };
+
+    /** At the stop: save each unsaved document, beside it when it changed on disk. */
+    const saveForStop = async () => {
+      const saved: ISaved[] = [];
+      for (const context of unsavedContexts()) {
+        try {
+          const contents = app.serviceManager.contents;
+          const loaded = context.contentsModel?.last_modified;
+          let changed = false;
+          try {
+            const disk = await contents.get(context.path, { content: false });
+            changed =
+              !loaded ||
+              Date.parse(disk.last_modified) - Date.parse(loaded) > CHANGED_ON_DISK_MS;
+          } catch {
+            changed = false; // gone from disk: nothing to overwrite
+          }
+          if (changed) {
+            const target = beside(context.path, new Date());
+            const { type, format, content } = draft(context, true) as any;
+            await contents.save(target, { type, format, content });
+            saved.push({ path: context.path, saved_as: target, changed_on_disk: true });
+          } else {
+            await context.save();
+            saved.push({ path: context.path, saved_as: context.path, changed_on_disk: false });
+          }
+        } catch (error) {
+          console.error(`jupyter_idle_ext: could not save ${context.path} before the stop`, error);
+        }
+      }
+      savedAtStop = [...savedAtStop, ...saved];
+      await reportUnsaved(true, saved);
+    };
+
+    // a person's edits in a document: keystrokes, pastes, cuts and drops (input, never timers,
+    // focus or visibility); the first at once, then at most every EDIT_EVERY_MS
+    const onEdit = (event: Event) => {
+      if (!event.isTrusted || stoppedShown) {
+        return;
+      }
+      if (event instanceof KeyboardEvent && !isEditKey(event)) {
+        return;
+      }
+      const target = event.target as Node | null;
+      const document = openDocuments().find(d => target && d.node.contains(target));
+      if (!document) {
+        return;
+      }
+      const send = () => {
+        lastEditSent = Date.now();
+        void client.edited(document.context.path).catch(() => {
+          lastEditSent = 0;
+        });
+      };
+      const wait = lastEditSent + EDIT_EVERY_MS - Date.now();
+      if (wait <= 0) {
+        send();
+      } else if (!editPending) {
+        // the last edits of a burst are told too, at most EDIT_EVERY_MS late
+        editPending = window.setTimeout(() => {
+          editPending = 0;
+          send();
+        }, wait);
+      }
+    };
+    for (const type of ['keydown', 'paste', 'cut', 'drop']) {
+      window.addEventListener(type, onEdit, true);
+    }
 
     const render = () => {
       const status = client.status;
@@ -346,9 +590,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
         return;
       }
       const left = duration((status.server.seconds_to_shutdown ?? 0) - client.elapsed());
-      const message =
-        `The server will stop at ${clock(warning.shutdown_at)} (in ${left}): ` +
-        `${status.server.rule === 'stop_when_done' ? 'you asked to stop when done' : 'nothing has run or changed'}.`;
+      const why =
+        status.server.rule === 'stop_when_done'
+          ? 'you asked to stop when done'
+          : status.unsaved?.note
+            ? `nothing has run; ${status.unsaved.note}`
+            : 'nothing has run or changed';
+      const message = `The server will stop at ${clock(warning.shutdown_at)} (in ${left}): ${why}.`;
       const minutes = Math.round(keepWorkingSeconds() / 60);
       const actions: Notification.IAction[] = [];
       if (minutes > 0) {
@@ -395,12 +643,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (path === undefined) {
           continue; // not a kernel of this page
         }
-        Notification.info(
+        const message =
           `Kernel ${entry.name ?? ''}${entry.remote ? ` on the gateway ${entry.remote}` : ''} of ${path} was stopped at ${clock(entry.time)}` +
-            (entry.action === 'kernel_culled' ? ` because it was idle: ${entry.reason}.` : `: ${entry.reason}.`) +
-            ' Its variables are gone; run the notebook again to get them back.',
-          { autoClose: false }
-        );
+          (entry.action === 'kernel_culled' ? ` because it was idle: ${entry.reason}.` : `: ${entry.reason}.`) +
+          ' Its variables are gone; run the notebook again to get them back.';
+        // a toast shows a few lines: the whole message is one click away
+        Notification.info(message, {
+          autoClose: false,
+          actions: [
+            {
+              label: 'Details',
+              callback: () =>
+                void showDialog({
+                  title: 'Kernel stopped',
+                  body: message,
+                  buttons: [Dialog.okButton({ label: 'Close' })]
+                })
+            }
+          ]
+        });
       }
     };
 
@@ -422,20 +683,28 @@ const plugin: JupyterFrontEndPlugin<void> = {
       } else if (status?.server.rule === 'max_server_age') {
         why = `The server reached its maximum age and was stopped at ${at}. Your saved files are kept.`;
       }
+      const saves = [...savedAtStop];
+      for (const entry of status?.unsaved?.saved ?? []) {
+        if (!saves.some(s => s.path === entry.path)) {
+          saves.push(entry);
+        }
+      }
+      if (saves.length) {
+        why = `${why} ${describeSaves(saves)}`;
+      }
       indicator.node.textContent = `Server stopped at ${at}`;
-      const hubPrefix = PageConfig.getOption('hubPrefix');
+      const spawn = hubSpawnUrl();
       const buttons = [Dialog.cancelButton({ label: 'Close' })];
-      if (hubPrefix) {
-        buttons.push(Dialog.okButton({ label: 'Start it again' }));
+      if (spawn) {
+        buttons.push(Dialog.okButton({ label: 'Start my server again' }));
       }
       const result = await showDialog({
         title: stoppedByUser ? 'Server stopped' : 'Server stopped for idleness',
         body: why,
         buttons
       });
-      if (result.button.accept && hubPrefix) {
-        const hubHost = PageConfig.getOption('hubHost');
-        window.location.href = hubHost + URLExt.join(hubPrefix, 'home');
+      if (result.button.accept && spawn) {
+        window.location.href = spawn;
       }
     };
 
@@ -451,7 +720,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const near =
         client.status?.server.action !== 'keep' ||
         (left !== null && left !== undefined && left - client.elapsed() < NEAR_S);
-      timer = window.setTimeout(() => void refresh(), near ? NEAR_POLL_MS : POLL_MS);
+      const due =
+        client.status?.server.action === 'shutdown' ||
+        client.status?.unsaved?.saving ||
+        (left !== null && left !== undefined && left - client.elapsed() < NEAR_POLL_MS / 1000 + 1);
+      timer = window.setTimeout(
+        () => void refresh(),
+        due ? DUE_POLL_MS : near ? NEAR_POLL_MS : POLL_MS
+      );
     };
 
     const refresh = async () => {
@@ -462,6 +738,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
         firstRead = false;
         render();
         warn(status);
+        if (status.unsaved?.saving) {
+          // the idle stop is saving: this page saves its own documents, once
+          savingForStop ??= saveForStop();
+          await savingForStop;
+        } else {
+          // near a stop, with their content: the server saves them if this page cannot
+          const near = status.server.warning !== null || status.server.action !== 'keep';
+          await reportUnsaved(near);
+        }
       } catch (error) {
         client.failures += 1;
         if (client.stoppingSoon() || stoppedByUser) {
@@ -503,10 +788,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
 
     // the countdown moves every second, between two reads of the status, in the warning too
+    let dirtyPaths = '';
     window.setInterval(() => {
       if (!stoppedShown && client.status) {
         render();
         warn(client.status);
+        // a document became unsaved, or saved: the server hears it now, not at the next read
+        const paths = unsavedContexts()
+          .map(c => c.path)
+          .join('\n');
+        if (paths !== dirtyPaths) {
+          dirtyPaths = paths;
+          const near = client.status.server.warning !== null;
+          void reportUnsaved(near);
+        }
       }
     }, 1000);
 
@@ -543,10 +838,10 @@ const connectionLost: JupyterFrontEndPlugin<IConnectionLost> = {
         return; // an idle shutdown, explained by the indicator's plugin; or already showing
       }
       showing = true;
-      const hubPrefix = PageConfig.getOption('hubPrefix');
+      const spawn = hubSpawnUrl();
       const buttons = [Dialog.cancelButton({ label: 'Dismiss' })];
-      if (hubPrefix) {
-        buttons.push(Dialog.okButton({ label: 'Start it again' }));
+      if (spawn) {
+        buttons.push(Dialog.okButton({ label: 'Start my server again' }));
       }
       const result = await showDialog({
         title: 'Server unavailable or unreachable',
@@ -556,8 +851,8 @@ const connectionLost: JupyterFrontEndPlugin<IConnectionLost> = {
         buttons
       });
       showing = false;
-      if (result.button.accept && hubPrefix) {
-        window.location.href = PageConfig.getOption('hubHost') + URLExt.join(hubPrefix, 'home');
+      if (result.button.accept && spawn) {
+        window.location.href = spawn;
       }
     };
   }
