@@ -91,30 +91,6 @@ def test_a_job_created_as_the_stop_comes_keeps_the_server(
     assert "Shutdown cancelled" in server.log()
 
 
-def test_a_job_stopped_as_it_starts_leaves_no_process_and_its_record_says_stopped(
-    start_server: Any, tmp_path: Path
-) -> None:
-    """max_server_age stops the server a moment after a job was created, while its executor
-    is still starting Python: the executor is ended, and the scheduler's record says
-    STOPPED."""
-    server = scheduler_server(
-        start_server, tmp_path, "--IdleExtension.max_server_age=15", warning=4, timeout=0
-    )
-    notebook(server.root / "report.ipynb", "import time\ntime.sleep(60)")
-    server.wait_log("The server will shut down at", 30)
-    time.sleep(3.2)
-    job_id = start_job(server, "late", "report.ipynb")
-    children = psutil.Process(server.proc.pid).children(recursive=True)
-    assert server.wait_exit(30) == 0
-    _, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive, [p.cmdline() for p in alive]
-    log = server.log()
-    assert "Stopped job `late` running `report.ipynb`" in log, log[-3000:]
-    with sqlite3.connect(tmp_path / "scheduler.sqlite") as db:
-        (status,) = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    assert status == "STOPPED"
-
-
 def test_a_job_running_at_the_stop_is_stopped_through_the_scheduler(
     start_server: Any, tmp_path: Path
 ) -> None:
