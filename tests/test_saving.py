@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess
+from servers import TOKEN, ServerProcess, wait_until
 from test_frontend import NOTEBOOK, SETTINGS, require_installed_frontend
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
@@ -176,13 +176,25 @@ def test_after_a_cell_with_the_tab_left_open_the_stop_comes_within_one_autosave_
             browser = launch(p, chromium)
             page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
             page.goto(f"{s.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
+            # the notebook's kernel up and idle (read from the server: under load the page's
+            # own indicator can say idle before the kernel's connection is ready)
+            wait_until(
+                lambda: [
+                    k
+                    for k in s.request("GET", "/api/kernels", track=False)[1]
+                    if k["execution_state"] == "idle"
+                ],
+                120,
+            )
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
                 timeout=90_000
             )
-            page.locator(".jp-Cell .cm-content").first.click()
+            cell = page.locator(".jp-Cell .cm-content").first
+            cell.click()
             page.keyboard.type("print('ran ' + 'once')")
+            wait_until(lambda: "ran ' + 'once" in cell.inner_text(), 30)
             page.keyboard.press("Shift+Enter")
-            page.locator(".jp-OutputArea-output", has_text="ran once").wait_for(timeout=60_000)
+            page.locator(".jp-OutputArea-output", has_text="ran once").wait_for(timeout=150_000)
             ran = time.monotonic()
             assert s.wait_exit(timeout + autosave + 40) == 0
             after = time.monotonic() - ran
