@@ -420,16 +420,7 @@ class JobKernels(BaseSource):
                             "Could not stop %s through jupyter-scheduler: %s", job.name, e
                         )
         processes = [p for job in followed for p in (job.process, *job.runners) if p is not None]
-        for process in processes:
-            with contextlib.suppress(psutil.Error):
-                process.terminate()
-        loop = asyncio.get_running_loop()
-        _, alive = await loop.run_in_executor(
-            None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
-        )
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+        alive = await _end(processes)
         for job in followed:
             self.log.warning("Stopped %s (kernel pid %d).", job.name, job.kernel.pid)
         if alive:
@@ -452,16 +443,7 @@ class JobKernels(BaseSource):
         processes = [executor]
         with contextlib.suppress(psutil.Error):
             processes += executor.children(recursive=True)
-        for process in processes:
-            with contextlib.suppress(psutil.Error):
-                process.terminate()
-        loop = asyncio.get_running_loop()
-        _, alive = await loop.run_in_executor(
-            None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
-        )
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+        await _end(processes)
         with self.scheduler.db_session() as session:
             session.query(Job).filter(Job.job_id == job_id).update(
                 {
@@ -470,6 +452,21 @@ class JobKernels(BaseSource):
                 }
             )
             session.commit()
+
+
+async def _end(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Terminate ``processes``, kill those still running STOP_TIMEOUT later; return those."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    loop = asyncio.get_running_loop()
+    _, alive = await loop.run_in_executor(
+        None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
+    )
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return list(alive)
 
 
 def make(context: Context) -> JobKernels | None:
