@@ -6,6 +6,7 @@ jupyter-scheduler adds to JupyterLab, so these run in .venv-apps (marker ``apps`
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
@@ -79,10 +80,16 @@ def test_a_job_created_as_the_stop_comes_keeps_the_server(
 ) -> None:
     """The job's record says IN_PROGRESS only once its executor process has started Python and
     nbconvert; a job is work from its creation."""
-    server = scheduler_server(start_server, tmp_path, warning=4)
+    server = scheduler_server(start_server, tmp_path, warning=10, timeout=15)
     notebook(server.root / "report.ipynb", "import time\ntime.sleep(3)")
-    server.wait_log("The server will shut down at", TIMEOUT + 10)
-    time.sleep(3)  # the stop is due in about 1 s
+    log = server.wait_log("The server will shut down at", 30)
+    # the job comes 1.5 s before the stop the warning names (read from the line itself: under
+    # load the test may read the log late)
+    at = re.search(r"The server will shut down at (\S+) \(", log)
+    assert at is not None, log[-2000:]
+    due = datetime.fromisoformat(at.group(1).replace("Z", "+00:00")).timestamp()
+    time.sleep(max(0.0, due - 1.5 - time.time()))
+    assert time.time() < due - 0.5, "the test read the warning too late"
     job_id = start_job(server, "late", "report.ipynb")
     server.wait_log("Following the kernel", 60)
     assert server.running, server.log()[-3000:]
