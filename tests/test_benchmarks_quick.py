@@ -105,6 +105,6 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing_in_the_repo(tmp_path
         assert f"| {title} |" in text, title
     assert "| benchmark | measure |" in proc.stdout
 
-    # quick mode never touches the committed results, nor the README's table made from them
+    # quick mode never touches the committed results, nor the README
     after = [path.read_bytes() if path.exists() else None for path in committed]
     assert after == before
