@@ -251,6 +251,9 @@ ruff format --check .
 step "mypy"
 mypy
 
+step "links in README.md and docs/"
+python scripts/check_links.py
+
 collect apps-and-oldest-venvs
 step "mypy, with jupyter-collaboration and jupyter-server-proxy installed"
 "$APPS_VENV/bin/mypy"
