@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from servers import ServerProcess, on_ci
+from servers import TOKEN, ServerProcess, on_ci
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -78,3 +78,16 @@ def lab_server(
     }
     extensions = {"jupyterlab": True, **({"notebook": True} if notebook else {})}
     return ServerProcess(root, extension=extension, args=args, env=env, extensions=extensions)
+
+
+INDICATOR = "#jupyter-idle-ext-indicator"
+
+
+def open_page(browser: Any, server: ServerProcess, path: str, indicator: bool = True) -> Any:
+    """A page of ``server`` at ``path`` (the token in its URL) in a context of its own, once the
+    extension's indicator shows (unless ``indicator`` is False)."""
+    page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
+    page.goto(f"{server.url}/{path}?token={TOKEN}", timeout=120_000)
+    if indicator:
+        page.locator(INDICATOR).wait_for(timeout=60_000)
+    return page

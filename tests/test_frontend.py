@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess, require, wait_until
+from browser import INDICATOR, lab_server, launch, open_page, playwright_and_chromium
+from servers import ServerProcess, require, wait_until
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
 
@@ -39,7 +39,6 @@ NOTEBOOK = json.dumps(
 )
 # no "would you like news?" toast over ours
 SETTINGS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
-INDICATOR = "#jupyter-idle-ext-indicator"
 
 
 def require_installed_frontend() -> None:
@@ -96,9 +95,7 @@ def test_a_tab_left_alone_is_told_everything_and_still_lets_the_server_stop(
             browser = launch(p, chromium)
             pages = {}
             for app, path in (("lab", "lab/tree/idle.ipynb"), ("notebook", "notebooks/idle.ipynb")):
-                page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
-                page.goto(f"{s.url}/{path}?token={TOKEN}", timeout=120_000)
-                page.locator(INDICATOR).wait_for(timeout=60_000)
+                page = open_page(browser, s, path)
                 pages[app] = page
             lab, notebook = pages["lab"], pages["notebook"]
             opened = time.monotonic()
@@ -166,9 +163,7 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
     try:
         with sync_playwright() as p:
             browser = launch(p, chromium)
-            page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
-            page.goto(f"{s.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
-            page.locator(INDICATOR).wait_for(timeout=60_000)
+            page = open_page(browser, s, "lab/tree/idle.ipynb")
             page.wait_for_function(
                 f"document.querySelector('{INDICATOR}').textContent.includes('Idle shutdown in')",
                 timeout=30_000,
@@ -249,9 +244,7 @@ def test_a_kernel_on_a_gateway_is_named_remote_in_the_panel_and_at_its_cull(
     try:
         with sync_playwright() as p:
             browser = launch(p, chromium)
-            page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
-            page.goto(f"{s.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
-            page.locator(INDICATOR).wait_for(timeout=60_000)
+            page = open_page(browser, s, "lab/tree/idle.ipynb")
             wait_until(lambda: gateway.kernels(), 60)
             page.locator(INDICATOR).click()
             page.get_by_text(

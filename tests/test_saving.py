@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess, wait_until
+from browser import lab_server, launch, open_page, playwright_and_chromium
+from servers import ServerProcess, wait_until
 from test_frontend import NOTEBOOK, SETTINGS, require_installed_frontend
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
@@ -40,9 +40,7 @@ def editing_server(tmp_path: Path, files: dict[str, str], *args: str) -> ServerP
 
 
 def open_editor(browser: Any, s: ServerProcess, url_path: str) -> Any:
-    page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
-    page.goto(f"{s.url}/{url_path}?token={TOKEN}", timeout=120_000)
-    page.locator("#jupyter-idle-ext-indicator").wait_for(timeout=60_000)
+    page = open_page(browser, s, url_path)
     editor = page.locator(".jp-FileEditor .cm-content").first
     editor.wait_for(timeout=60_000)
     editor.click()
@@ -174,8 +172,7 @@ def test_after_a_cell_with_the_tab_left_open_the_stop_comes_within_one_autosave_
     try:
         with sync_playwright() as p:
             browser = launch(p, chromium)
-            page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
-            page.goto(f"{s.url}/lab/tree/idle.ipynb?token={TOKEN}", timeout=120_000)
+            page = open_page(browser, s, "lab/tree/idle.ipynb", indicator=False)
             # the notebook's kernel up and idle (read from the server: under load the page's
             # own indicator can say idle before the kernel's connection is ready)
             wait_until(
