@@ -111,16 +111,21 @@ def test_a_silent_busy_remote_cell_keeps_kernel_and_server_after_its_tab_closed(
     )
     kernel_id = server.start_kernel()
     tab = KernelSocket(server.url, kernel_id)
-    tab.send("execute_request", {"code": "import time; time.sleep(24)", "silent": False})
-    time.sleep(2)
+    msg_id = tab.send("execute_request", {"code": "import time; time.sleep(24)", "silent": False})
+    # the cell has started (under load the gateway may relay it seconds later; closed before,
+    # the tab would leave an idle kernel, rightly culled)
+    tab.wait_reply(msg_id, "execute_input", 60)
+    time.sleep(1)
     tab.close()  # nothing is relayed any more: only the gateway's model shows the cell runs
     started = time.monotonic()
     time.sleep(16)  # past both timeouts
     assert server.running, server.log()[-2000:]
-    assert gateway.kernels() == [kernel_id]
+    assert gateway.kernels() == [kernel_id], (
+        f"server:\n{server.log()[-3000:]}\ngateway:\n{gateway.log()[-3000:]}"
+    )
     model = remote_kernel(server, kernel_id)
     assert model is not None and model["execution_state"] == "busy", model
-    # the cell ends about 22 s after the tab closed: then the kernel is culled and the server
+    # the cell ends about 23 s after the tab closed: then the kernel is culled and the server
     # stops a server_idle_timeout later
     assert server.wait_exit(40) == 0
     stopped_after = time.monotonic() - started
