@@ -115,12 +115,16 @@ async def test_an_authorizer_that_denies_us_gets_403_from_every_endpoint(
         (("api", "idle", "keepalive"), "DELETE", None),
         (("api", "idle", "stop-when-done"), "POST", "{}"),
         (("api", "idle", "stop-when-done"), "DELETE", None),
+        (("api", "idle", "edit"), "POST", '{"path": "notes.md"}'),
+        (("api", "idle", "unsaved"), "POST", '{"page": "p", "documents": [{"path": "a.md"}]}'),
     ):
         with pytest.raises(HTTPClientError) as e:
             await jp_fetch(*path, method=method, body=body)
         assert e.value.code == 403, (path, method)
     assert idle_app.tracker.keepalive_until is None
     assert idle_app.tracker.stop_when_done is None
+    assert ("document", "notes.md") not in idle_app.tracker.records
+    assert idle_app.unsaved.documents() == []
     # the rest of the server is not ours to refuse
     assert (await jp_fetch("api", "kernels", method="GET")).code == 200
 
