@@ -69,7 +69,6 @@ async def test_reading_the_status_decides_nothing_and_changes_nothing(
         return len(quiet) > 3 and len(set(quiet[-3:])) == 1
 
     await wait_for(settled, 20, 0.3)
-    first = await status(jp_fetch)
     decisions: list[Any] = []
     decide = culler_module.decide
 
@@ -78,14 +77,21 @@ async def test_reading_the_status_decides_nothing_and_changes_nothing(
         return decide(*args)
 
     monkeypatch.setattr(culler_module, "decide", counted)
-    generation = idle_app.tracker.generation
-    plan = idle_app.culler.plan
-    docs = []
-    for _ in range(10):
-        docs.append(await status(jp_fetch))
-        await asyncio.sleep(0.1)
-    assert decisions == [], "a status read made the loop decide again with nothing new"
+    # A late message of the kernel's own start-up is activity, and the next read
+    # decides on it as it should; such a window is measured again.
+    for _ in range(5):
+        generation = idle_app.tracker.generation
+        first = await status(jp_fetch)
+        decisions.clear()
+        plan = idle_app.culler.plan
+        docs = []
+        for _ in range(10):
+            docs.append(await status(jp_fetch))
+            await asyncio.sleep(0.1)
+        if idle_app.tracker.generation == generation:
+            break
     assert idle_app.tracker.generation == generation, "reading the status changed the state"
+    assert decisions == [], "a status read made the loop decide again with nothing new"
     assert idle_app.culler.plan is plan
     # the same decisions, with durations counted to each read
     assert {d["kernels"][0]["cull_at"] for d in [first, *docs]} == {first["kernels"][0]["cull_at"]}
