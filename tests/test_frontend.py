@@ -127,6 +127,16 @@ def test_a_tab_left_alone_is_told_everything_and_still_lets_the_server_stop(
                     re.compile(r"Kernel python3 of idle\.ipynb was stopped at")
                 ).first.wait_for(timeout=(cull + 20) * 1000)
                 assert "because it was idle" in page.locator(".Toastify").inner_text()
+            # the toast shows a few lines; its "Details" shows the whole message
+            notice = lab.locator(".Toastify__toast", has_text="Kernel python3 of idle.ipynb")
+            notice.get_by_role("button", name="Details").click()
+            dialog = lab.locator(".jp-Dialog")
+            dialog.wait_for(timeout=10_000)
+            text = dialog.inner_text()
+            assert "Kernel stopped" in text and "because it was idle: idle " in text, text
+            assert "Its variables are gone; run the notebook again to get them back." in text, text
+            dialog.get_by_role("button", name="Close").click()
+            dialog.wait_for(state="detached", timeout=10_000)
 
             # the warning, with both buttons, nobody clicks
             for page in pages.values():
@@ -271,3 +281,53 @@ def test_a_kernel_on_a_gateway_is_named_remote_in_the_panel_and_at_its_cull(
     finally:
         s.stop()
         gateway.stop()
+
+
+def test_under_jupyterhub_start_my_server_again_spawns_this_named_server(tmp_path: Path) -> None:
+    """A named server under a real JupyterHub stops for idleness with its page open; the page
+    says so, and its "Start my server again" goes to the Hub's spawn page of this server
+    (``hub/spawn/<user>/<server>``), which starts it again."""
+    from hub import hub_factory
+
+    require_installed_frontend()
+    timeout = 30
+    user, name = "alice", "analysis"
+    with hub_factory(tmp_path) as start_hub:
+        hub = start_hub(
+            environment={
+                "JUPYTER_IDLE_SERVER_IDLE_TIMEOUT": str(timeout),
+                "JUPYTER_IDLE_SHUTDOWN_WARNING": "10",
+            }
+        )
+        hub.create_user(user)
+        hub.start_server(user, name)
+        sync_playwright, chromium = playwright_and_chromium()
+        with sync_playwright() as p:
+            browser = launch(p, chromium)
+            page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
+            # a person's way in: the Hub's login form, then the server's JupyterLab
+            page.goto(f"{hub.url}/hub/login?next=/user/{user}/{name}/lab", timeout=60_000)
+            page.locator("#username_input").fill(user)
+            page.locator("#password_input").fill("any")
+            page.locator("#login_submit").click()
+            page.locator(INDICATOR).wait_for(timeout=90_000)
+            requested: list[str] = []
+            page.on("request", lambda r: requested.append(urlsplit(r.url).path))
+
+            page.get_by_text("Server stopped for idleness").wait_for(timeout=(timeout + 30) * 1000)
+            # (the Hub notices the exit within its poll_interval; a person reads first)
+            hub.wait_stopped(user, name, 30)
+            dialog = page.locator(".jp-Dialog")
+            assert "Your saved files are kept" in dialog.inner_text()
+            assert page.locator(".Toastify__toast", has_text="Keep working").count() == 0
+            dialog.get_by_role("button", name="Start my server again").click()
+
+            # the Hub starts this server, named, again, and the page lands in it
+            hub.wait_ready(user, name, 90)
+            page.wait_for_url(re.compile(rf"/user/{user}/{name}/"), timeout=60_000)
+            page.locator(INDICATOR).wait_for(timeout=90_000)
+            assert f"/hub/spawn/{user}/{name}" in requested, requested
+            browser.close()
+        hub.stop_server(user, name)
+    log = hub.log()
+    assert f"Shutting down the server: idle {timeout} s >= server_idle_timeout" in log
