@@ -1,12 +1,19 @@
 """Everything borrowed from the insides of jupyter_server, terminado, jupyterhub and
 jupyter-server-proxy, in one place: each piece is probed once at start, and when one is missing a
 WARNING names the capability lost and the behaviour falls to the safe side: never cull more.
+Every change to another package's object goes through here (``replace_method``,
+``ObservedRoutes``, ``observe_gateway_relay``): the sources say what they want to see, this module
+how it is reached, and each change is undone when the extension stops.
 
 | borrowed | for | when it is missing |
 |---|---|---|
 | ``MappingKernelManager._kernel_connections`` | open connections per kernel, cheaply | the kernel model's public ``connections``; without that, unknown, and a kernel counts as connected when ``cull_connected`` is off |
 | ``kernel._activity_stream`` and ``ZMQStream._recv_callback`` | guarding jupyter_server's IOPub watcher against a malformed message (which stops it for good) | unguarded: one malformed message freezes that kernel's activity |
 | ``TerminalManager.pre_pty_read_hook`` | a terminal's input and output | terminals are never culled, and typing in them is not seen |
+| a kernel's ``execution_state`` trait, set to "starting" after an automatic restart | a kernel that crashed mid-cell is not busy forever | (a trait of every kernel jupyter_server manages) |
+| ``MappingKernelManager.start_watching_activity`` | guarding the IOPub watcher again after a kernel restarts | a restarted kernel's watcher is unguarded |
+| the contents manager's ``emit``, ``save``, ``rename``, ``copy`` and ``delete`` | document writes | the writes through a missing method do not count (``emit`` alone: each write is read at its method) |
+| tornado's ``RuleRouter.rules`` and ``Rule.target`` of the routes of ``YDocWebSocketHandler`` and of jupyter-server-proxy's handlers | typing in a collaborative document, input to a proxied app | not seen: only document saves count, and the apps count as processes of this server |
 | ``JupyterHubSingleUser.hub_activity_interval`` and ``._activity_task`` | switching jupyterhub-singleuser's own reporter off, so ours is the only one | a WARNING with the one-line setting that does it |
 | ``ExtensionManager.start_all_extensions`` (jupyter_server >= 2.16) | the start hook, once the event loop runs | the extension starts from ``IOLoop.add_callback`` instead |
 | the ``kernel_websocket_connection_class`` setting and ``GatewayWebSocketConnection``'s ``connect``, ``disconnect``, ``handle_outgoing_message`` | a gateway kernel's messages and open connections | gateway kernels are not followed: never culled, and they keep the server up to ``max_busy_time`` |
@@ -15,9 +22,11 @@ WARNING names the capability lost and the behaviour falls to the safe side: neve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from jupyter_server.extension.manager import ExtensionManager
+from tornado.routing import Rule, RuleRouter
 
 try:  # what a local kernel's is_alive does, read directly where it is exactly that
     from jupyter_client.manager import AsyncKernelManager as _AsyncKernelManager
@@ -123,15 +132,106 @@ def guard_iopub_watcher(kernel: Any, kernel_id: str, log: Any, capabilities: Cap
     stream.on_recv(guarded)
 
 
-def pty_read_hook(terminal_manager: Any, capabilities: Capabilities) -> bool:
-    """Whether the terminal manager lets the extension see each terminal's input and output."""
-    if hasattr(terminal_manager, "pre_pty_read_hook"):
-        return True
-    capabilities.lose(
-        "Terminal activity cannot be seen (TerminalManager.pre_pty_read_hook is gone)",
-        "terminals are never culled, and typing in one does not delay the idle shutdown",
+Undo = Callable[[], None]
+
+
+def replace_method(
+    obj: Any,
+    name: str,
+    make: Callable[[Callable[..., Any]], Callable[..., Any]],
+    capabilities: Capabilities,
+    lost: tuple[str, str] | None = None,
+) -> Undo | None:
+    """Replace ``obj.name`` on this object only (an instance attribute over its class's method)
+    by ``make(original)``; return what puts the original back. When ``obj`` has no such method,
+    None, and the WARNING ``lost`` (capability, consequence) when given."""
+    original = getattr(obj, name, None)
+    if not callable(original):
+        if lost is not None:
+            capabilities.lose(*lost)
+        return None
+    own = vars(obj)
+    had_own, before = name in own, own.get(name)
+    setattr(obj, name, make(original))
+
+    def undo() -> None:
+        if had_own:
+            setattr(obj, name, before)
+        else:
+            vars(obj).pop(name, None)
+
+    return undo
+
+
+def watch_pty_reads(
+    terminal_manager: Any,
+    make: Callable[[Callable[..., Any]], Callable[..., Any]],
+    capabilities: Capabilities,
+) -> Undo | None:
+    """Follow each terminal's pty output (which includes the echo of every typed key) through
+    jupyter_server_terminals' ``pre_pty_read_hook``."""
+    return replace_method(
+        terminal_manager,
+        "pre_pty_read_hook",
+        make,
+        capabilities,
+        lost=(
+            "Terminal activity cannot be seen (TerminalManager.pre_pty_read_hook is gone)",
+            "terminals are never culled, and typing in one does not delay the idle shutdown",
+        ),
     )
-    return False
+
+
+def _rules(router: RuleRouter) -> Iterator[Rule]:
+    for rule in router.rules:
+        if isinstance(rule.target, RuleRouter):
+            yield from _rules(rule.target)
+        else:
+            yield rule
+
+
+def handler_rules(web_app: Any, base: type) -> list[Rule]:
+    """Every route of the web app whose handler class is ``base`` or a subclass."""
+    found = []
+    for router in (web_app.default_router, web_app.wildcard_router):
+        for rule in _rules(router):
+            if isinstance(rule.target, type) and issubclass(rule.target, base):
+                found.append(rule)
+    return found
+
+
+def route_kwargs(web_app: Any, base: type) -> list[dict[str, Any]]:
+    """The keyword arguments each route of a ``base`` handler is made with (jupyter-server-proxy
+    keeps its apps' processes and names there)."""
+    return [dict(rule.target_kwargs or {}) for rule in handler_rules(web_app, base)]
+
+
+class ObservedRoutes:
+    """The routes of ``base`` handlers, each pointed at ``observe(original class)``.
+
+    To see the person's input to a collaborative document or a proxied app, the extension needs
+    the messages those handlers receive, which no public hook offers. Rather than patching a class
+    that other servers in the process share, each route of this server whose handler is a
+    subclass of ``base`` gets a subclass made by ``observe``, through tornado's public routing API
+    (``RuleRouter.rules``, ``Rule.target``). ``close`` puts the original classes back."""
+
+    def __init__(self, web_app: Any, base: type, observe: Callable[[type], type]) -> None:
+        self._originals: list[tuple[Rule, type]] = []
+        made: dict[type, type] = {}
+        for rule in handler_rules(web_app, base):
+            original = rule.target
+            if original not in made:
+                made[original] = observe(original)
+            self._originals.append((rule, original))
+            rule.target = made[original]
+
+    def __len__(self) -> int:
+        return len(self._originals)
+
+    def close(self) -> None:
+        for rule, original in self._originals:
+            rule.target = original
+        self._originals = []
 
 
 def silence_singleuser_reporter(serverapp: Any, log: Any, capabilities: Capabilities) -> bool:
@@ -215,6 +315,14 @@ def observe_gateway_relay(
         settings["kernel_websocket_connection_class"] = original
 
     return restore
+
+
+def reset_execution_state(kernel: Any) -> None:
+    """After an automatic restart: jupyter_server's ``execution_state`` of the kernel back to
+    "starting" (a crash mid-cell leaves it "busy" forever: no "idle" comes from the dead
+    process, and the restarted one's status messages move it on)."""
+    if hasattr(kernel, "execution_state"):
+        kernel.execution_state = "starting"
 
 
 def watches_iopub(kernel: Any) -> bool | None:

@@ -12,7 +12,7 @@ import pytest
 from jupyter_server.serverapp import ServerApp
 
 from jupyter_idle_ext.app import IdleExtension
-from jupyter_idle_ext.sources.routing import handler_rules
+from jupyter_idle_ext.compat import handler_rules
 
 
 def idle_extension(serverapp: Any) -> Any:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..activity import ActivityTracker
+from ..compat import ObservedRoutes
 from ..metrics import ACTIVITY
 from . import BaseSource, Context
-from .routing import ObservedRoutes
 
 # y-protocols: message type SYNC (0), sync step "update" (2); both one-byte var-uints
 DOCUMENT_UPDATE = b"\x00\x02"

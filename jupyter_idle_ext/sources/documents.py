@@ -7,7 +7,7 @@ through its own ``emit`` method; reads (``get``) never count, nor does any other
 makes (workspace PUTs, polling).
 
 The events are read where the contents manager emits them (its ``emit``, wrapped on the
-instance), not through a jupyter_events listener: with a listener for the schema, jupyter_events
+instance through compat.replace_method), not through a jupyter_events listener: with a listener for the schema, jupyter_events
 deep-copies and validates every contents event, each read of a polling tab included, a cost
 measurable on every save (benchmarks/bench_apps.py measures saves). A contents manager that emits no
 events (a third-party one overriding ``save``) is still covered: its write methods are wrapped
@@ -21,6 +21,7 @@ import inspect
 from typing import Any, Callable
 
 from ..activity import ActivityTracker
+from ..compat import Capabilities, Undo, replace_method
 from ..metrics import ACTIVITY
 from . import BaseSource, Context
 
@@ -43,26 +44,44 @@ class DocumentWatcher(BaseSource):
 
     name = "documents"
 
-    def __init__(self, contents_manager: Any, tracker: ActivityTracker) -> None:
+    def __init__(
+        self,
+        contents_manager: Any,
+        tracker: ActivityTracker,
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.cm = contents_manager
         self.tracker = tracker
-        self._wrapped: list[str] = []
+        self.capabilities = capabilities or Capabilities(None)
+        self._undo: list[Undo] = []
         # write events seen at the contents manager's emit: a write method whose call emitted
         # one is not recorded a second time
         self._emitted = 0
-        self._wrap_emit()
+        # without emit (jupyter_server < 2.9, a custom manager), each write is read at its method
+        self._replace("emit", self._observe_emit, lost=None)
         for action, (method, argument) in (*WRAPPED.items(), ("delete", WRAPPED_DELETE)):
-            self._wrap(method, argument, WRITES[action])
+            self._replace(
+                method,
+                functools.partial(self._observe, argument=argument, action=WRITES[action]),
+                lost=(
+                    f"Document writes through {type(contents_manager).__name__}.{method} "
+                    "cannot be seen (it has no such method)",
+                    f"a {action} does not delay the idle shutdown",
+                ),
+            )
+
+    def _replace(
+        self, method: str, make: Callable[[Any], Any], lost: tuple[str, str] | None
+    ) -> None:
+        undo = replace_method(self.cm, method, make, self.capabilities, lost)
+        if undo is not None:
+            self._undo.append(undo)
 
     def record(self, path: str, action: str) -> None:
         self.tracker.touch_document(path.strip("/") or "/", action)
         ACTIVITY.labels("document").inc()
 
-    def _wrap_emit(self) -> None:
-        original = getattr(self.cm, "emit", None)
-        if original is None:
-            return
-
+    def _observe_emit(self, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def emit(*args: Any, **kwargs: Any) -> Any:
             data = kwargs.get("data", args[0] if args else None)
@@ -71,13 +90,11 @@ class DocumentWatcher(BaseSource):
                 self.record(str(data.get("path", "")), WRITES[data["action"]])
             return original(*args, **kwargs)
 
-        self.cm.emit = emit
-        self._wrapped.append("emit")
+        return emit
 
-    def _wrap(self, method: str, argument: str, action: str) -> None:
-        original = getattr(self.cm, method, None)
-        if original is None:
-            return
+    def _observe(
+        self, original: Callable[..., Any], argument: str, action: str
+    ) -> Callable[..., Any]:
         signature = inspect.signature(original)
 
         def done(result: Any, args: tuple[Any, ...], kwargs: dict[str, Any], before: int) -> None:
@@ -92,7 +109,6 @@ class DocumentWatcher(BaseSource):
                     path = ""
             self.record(path, action)
 
-        wrapper: Callable[..., Any]
         if inspect.iscoroutinefunction(original):
 
             @functools.wraps(original)
@@ -102,21 +118,18 @@ class DocumentWatcher(BaseSource):
                 done(result, args, kwargs, before)
                 return result
 
-            wrapper = async_wrapper
-        else:
+            return async_wrapper
 
-            @functools.wraps(original)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                before = self._emitted
-                result = original(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    return _then(result, lambda r: done(r, args, kwargs, before))
-                done(result, args, kwargs, before)
-                return result
+        @functools.wraps(original)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = self._emitted
+            result = original(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return _then(result, lambda r: done(r, args, kwargs, before))
+            done(result, args, kwargs, before)
+            return result
 
-            wrapper = sync_wrapper
-        setattr(self.cm, method, wrapper)
-        self._wrapped.append(method)
+        return sync_wrapper
 
     def explain(self) -> str:
         return "document writes"
@@ -125,14 +138,15 @@ class DocumentWatcher(BaseSource):
         self.close()
 
     def close(self) -> None:
-        for method in self._wrapped:
-            # the wrapper is an instance attribute over the class's method
-            self.cm.__dict__.pop(method, None)
-        self._wrapped = []
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
 
 
 def make(context: Context) -> DocumentWatcher:
-    return DocumentWatcher(context.serverapp.contents_manager, context.tracker)
+    return DocumentWatcher(
+        context.serverapp.contents_manager, context.tracker, context.capabilities
+    )
 
 
 async def _then(awaitable: Any, callback: Callable[[Any], None]) -> Any:

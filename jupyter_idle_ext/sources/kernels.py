@@ -23,6 +23,8 @@ from ..compat import (
     kernel_connections,
     local_process,
     polls_locally,
+    replace_method,
+    reset_execution_state,
     watches_iopub,
 )
 from ..policy import KernelState
@@ -82,16 +84,29 @@ class KernelWatcher(BaseSource):
         self._polled: dict[str, float] = {}
         # when the first kernel is due for its poll again: a check before then reads no kernel
         self._due_at = -math.inf
-        # guard jupyter_server's IOPub watcher on every (re)start of watching
-        original = getattr(kernel_manager, "start_watching_activity", None)
-        self._original_start_watching = original
-        if original is not None:
 
+        # guard jupyter_server's IOPub watcher on every (re)start of watching (a gateway's kernel
+        # manager has no watcher: its kernels are followed at the relay)
+        def observe(original: Any) -> Any:
             def start_watching_activity(kernel_id: str) -> None:
                 original(kernel_id)
                 self._guard_watcher(kernel_id)
 
-            kernel_manager.start_watching_activity = start_watching_activity
+            return start_watching_activity
+
+        self._undo_watching = replace_method(
+            kernel_manager,
+            "start_watching_activity",
+            observe,
+            self.capabilities,
+            lost=None
+            if gateway is not None
+            else (
+                "jupyter_server's IOPub watcher cannot be guarded after a kernel restart "
+                "(MappingKernelManager.start_watching_activity is gone)",
+                "a malformed message from a restarted kernel would stop its activity being seen",
+            ),
+        )
 
     def _guard_watcher(self, kernel_id: str) -> None:
         try:
@@ -146,7 +161,7 @@ class KernelWatcher(BaseSource):
             rec = self.tracker.records.get(("kernel", kernel_id))
             if rec is not None:
                 rec.busy_since = None
-            kernel.execution_state = "starting"
+            reset_execution_state(kernel)
 
         kernel.observe(on_activity, names=["last_activity"])
         kernel.observe(on_state, names=["execution_state"])
@@ -197,8 +212,9 @@ class KernelWatcher(BaseSource):
     def detach_all(self) -> None:
         for kernel_id in list(self._attached):
             self._detach(kernel_id)
-        if self._original_start_watching is not None:
-            self.km.start_watching_activity = self._original_start_watching
+        if self._undo_watching is not None:
+            self._undo_watching()
+            self._undo_watching = None
 
     async def refresh(self, every: bool = True) -> None:
         """Check which kernel processes are still alive: a cheap poll of each process; without

@@ -21,9 +21,9 @@ import re
 from typing import Any
 
 from ..activity import ActivityTracker
+from ..compat import ObservedRoutes, route_kwargs
 from ..metrics import ACTIVITY
 from . import BaseSource, Context
-from .routing import ObservedRoutes, handler_rules
 
 # requests that change nothing; the rest is input
 PASSIVE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -164,8 +164,8 @@ class ProxyWatcher(BaseSource):
 
         names = {
             process.name
-            for rule in handler_rules(self.web_app, ServersInfoHandler)
-            for process in (rule.target_kwargs or {}).get("server_processes", [])
+            for kwargs in route_kwargs(self.web_app, ServersInfoHandler)
+            for process in kwargs.get("server_processes", [])
         }
         return sorted(names)
 
@@ -182,8 +182,8 @@ class ProxyWatcher(BaseSource):
         from jupyter_server_proxy.handlers import SuperviseAndProxyHandler
 
         procs = {}
-        for rule in handler_rules(self.web_app, SuperviseAndProxyHandler):
-            state = (rule.target_kwargs or {}).get("state") or {}
+        for kwargs in route_kwargs(self.web_app, SuperviseAndProxyHandler):
+            state = kwargs.get("state") or {}
             proc = state.get("proc")
             # a string stands for a process jupyter-server-proxy does not manage
             if hasattr(proc, "terminate") and getattr(proc, "running", True):

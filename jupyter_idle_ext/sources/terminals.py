@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..activity import ActivityTracker
-from ..compat import Capabilities, pty_read_hook
+from ..compat import Capabilities, watch_pty_reads
 from ..policy import TerminalState
 from . import BaseSource, Context
 
@@ -25,27 +25,34 @@ class TerminalWatcher(BaseSource):
         self.tm = terminal_manager
         self.tracker = tracker
         capabilities = capabilities or Capabilities(None)
-        # without the hook nothing of a terminal is seen: it is never culled
-        self.seen = pty_read_hook(terminal_manager, capabilities)
-        if not self.seen:
-            return
-        self._original_hook = terminal_manager.pre_pty_read_hook
+        # each terminal's name by the identity of its PtyWithClients, and those being culled
+        self._names: dict[int, str] = {}
+        self._stopping: dict[str, int] = {}
+        self._original_hook: Any = None
 
-        def pre_pty_read_hook(ptywclients: Any) -> None:
-            # output of the terminal's programs, which includes the echo of every typed key
-            self._original_hook(ptywclients)
-            name = getattr(ptywclients, "_idle_ext_name", None)
-            if name is None:
+        def observe(original: Any) -> Any:
+            self._original_hook = original
+
+            def pre_pty_read_hook(ptywclients: Any) -> None:
+                # output of the terminal's programs, which includes the echo of every typed key
+                original(ptywclients)
                 name = self._name_of(ptywclients)
-            if name is not None and not getattr(ptywclients, "_idle_ext_stopping", False):
-                self.tracker.touch("terminal", name)
+                if name is not None and self._stopping.get(name) != id(ptywclients):
+                    self.tracker.touch("terminal", name)
 
-        terminal_manager.pre_pty_read_hook = pre_pty_read_hook
+            return pre_pty_read_hook
+
+        # without the hook nothing of a terminal is seen: it is never culled
+        self._undo = watch_pty_reads(terminal_manager, observe, capabilities)
+        self.seen = self._undo is not None
 
     def _name_of(self, ptywclients: Any) -> str | None:
+        name = self._names.get(id(ptywclients))
+        if name is not None and self.tm.terminals.get(name) is ptywclients:
+            return name
         for name, term in self.tm.terminals.items():
             if term is ptywclients:
-                ptywclients._idle_ext_name = name
+                self._names[id(ptywclients)] = str(name)
                 return str(name)
         return None
 
@@ -56,6 +63,11 @@ class TerminalWatcher(BaseSource):
             self.tracker.add("terminal", name, name)
         for name in known - current:
             self.tracker.remove("terminal", name)
+        if known != current:
+            self._stopping = {n: i for n, i in self._stopping.items() if n in current}
+            self._names = {
+                id(term): str(name) for name, term in self.tm.terminals.items() if name in current
+            }
 
     def states(self) -> tuple[TerminalState, ...]:
         return tuple(
@@ -76,11 +88,12 @@ class TerminalWatcher(BaseSource):
         """The terminal is being culled: what its shell prints on the way out is not activity."""
         term = self.tm.terminals.get(name)
         if term is not None:
-            term._idle_ext_stopping = True
+            self._stopping[name] = id(term)
 
     def close(self) -> None:
-        if self.seen:
-            self.tm.pre_pty_read_hook = self._original_hook
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
 
     async def refresh(self, every: bool) -> None:
         self.sync()
