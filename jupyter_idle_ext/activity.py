@@ -65,14 +65,12 @@ class ActivityTracker:
         self.last_activity = self.started
         self.records: dict[tuple[str, str], Record] = {}
         # set when a source appears or a keep-alive changes, so the check loop looks again early
-        # (other activity only moves deadlines later, so it needs no wake-up), and on any
-        # activity while ``wake_on_activity`` (a shutdown warning in force, to cancel it at once)
+        # (other activity only moves deadlines later, so it needs no wake-up)
         self.changed = asyncio.Event()
-        self.wake_on_activity = False
-        # set by activity that follows a quiet stretch longer than resume_gap (the Hub reporter's
-        # interval), so the Hub hears at once that the server is used again
-        self.resumed = asyncio.Event()
-        self.resume_gap = float("inf")
+        # called on every activity of the server with (when, the last activity before it): the
+        # check loop (a warning in force is cancelled at once) and the Hub reporter (activity
+        # after a quiet stretch is reported at once) listen
+        self._listeners: list[Callable[[float, float], None]] = []
         # a user's keep-alive: the server is not shut down for idleness before this time
         self.keepalive_until: float | None = None
         # when a user asked to stop the server once nothing works any more, or None
@@ -99,11 +97,18 @@ class ActivityTracker:
             self.changed.set()
         return record
 
+    def set_saving_for_stop(self, on: bool) -> None:
+        """While the idle stop saves what pages left unsaved, those writes are not activity."""
+        self.saving_for_stop = on
+
+    def listen(self, listener: Callable[[float, float], None]) -> None:
+        """Call ``listener(now, last activity before it)`` on every activity of the server."""
+        self._listeners.append(listener)
+
     def _server_activity(self, now: float, record: Record) -> None:
-        if now - self.last_activity > self.resume_gap:
-            self.resumed.set()
-        if self.wake_on_activity:
-            self.changed.set()
+        before = self.last_activity
+        for listener in self._listeners:
+            listener(now, before)
         self.last_activity = max(self.last_activity, now)
         self.last_record = record
         self.generation += 1

@@ -171,18 +171,10 @@ class IdleExtension(IdleOptions, ExtensionApp):
         terminals = self.sources.get("terminals")
         assert isinstance(kernels, KernelWatcher)
         assert terminals is None or isinstance(terminals, TerminalWatcher)
-        if self.hub is not None:
-            silence_singleuser_reporter(serverapp, self.log, self.capabilities)
-            self.reporter = HubReporter(
-                hub=self.hub,
-                tracker=self.tracker,
-                interval=self.hub_activity_interval,
-                log=self.log,
-            )
         self.unsaved = unsaved = Unsaved(
             serverapp.contents_manager,
             self.log,
-            saving=lambda on: setattr(self.tracker, "saving_for_stop", on),
+            saving=self.tracker.set_saving_for_stop,
         )
 
         async def stop(reason: str) -> None:
@@ -206,6 +198,15 @@ class IdleExtension(IdleOptions, ExtensionApp):
             emit=self.emit,
             sources=self.sources.all,
         )
+        if self.hub is not None:
+            silence_singleuser_reporter(serverapp, self.log, self.capabilities)
+            self.reporter = HubReporter(
+                hub=self.hub,
+                tracker=self.tracker,
+                interval=self.hub_activity_interval,
+                log=self.log,
+                last_activity=culler.reported_activity,
+            )
         self.keepalive = Keepalive(
             self.tracker,
             max_server_age=self.policy.max_server_age,
@@ -229,7 +230,6 @@ class IdleExtension(IdleOptions, ExtensionApp):
         self.log.info("%s", culler.describe())
         self._tasks.append(asyncio.create_task(culler.run()))
         if self.reporter is not None:
-            self.reporter.last_activity = culler.reported_activity
             self._tasks.append(asyncio.create_task(self.reporter.run()))
 
     async def _on_kernel_action(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
@@ -243,7 +243,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
         """The status document of GET api/idle, from the loop's latest check."""
         if self.failed:
             raise web.HTTPError(503, f"jupyter_idle_ext is not running ({self.failed})")
-        current = await self.culler.current() if self.culler is not None else None
+        current = self.culler.current() if self.culler is not None else None
         if current is None:
             raise web.HTTPError(503, "jupyter_idle_ext is starting")
         snapshot, plan = current

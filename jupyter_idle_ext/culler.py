@@ -8,7 +8,6 @@ logged and the loop goes on; only the shutdown ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable
 
@@ -93,9 +92,16 @@ class IdleCuller:
         self.snapshot: Snapshot | None = None
         self.plan: Plan | None = None
         self.generation = -1
-        self._published = asyncio.Event()
         # the config the published plan was decided with
         self._decided_with: PolicyConfig | None = None
+        # what a reader was told since the last check: (tracker generation, snapshot, plan)
+        self._view: tuple[int, Snapshot, Plan] | None = None
+        # a warning in force is cancelled by the first activity, at once
+        tracker.listen(self._on_activity)
+
+    def _on_activity(self, now: float, before: float) -> None:
+        if self._warned is not None:
+            self.tracker.changed.set()
 
     def describe(self) -> str:
         """The effective policy in one line, for the start-up log."""
@@ -166,8 +172,6 @@ class IdleCuller:
             plan = decide(snap, self.config, previous)
         self.snapshot, self.plan, self.generation = snap, plan, generation
         self._decided_with = self.config
-        self._published.set()
-        self._published = asyncio.Event()
         for decision in plan.kernels:
             if decision.action in ("cull", "remove"):
                 self._start_cull(decision, self._act_on_kernel)
@@ -177,22 +181,26 @@ class IdleCuller:
         await self._act_on_server(plan.server)
         return plan
 
-    async def current(self, wait: float = 2.0) -> tuple[Snapshot, Plan] | None:
-        """The loop's latest snapshot and plan, after a check that saw everything recorded so
-        far: readers never decide themselves. None before the first check."""
-        if (
-            self.plan is not None
-            and self.snapshot is not None
-            and self.generation == self.tracker.generation
-        ):
-            return self.snapshot, self.plan  # nothing happened since: still the truth
-        published = self._published
-        self.tracker.changed.set()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(published.wait(), wait)
+    def current(self) -> tuple[Snapshot, Plan] | None:
+        """The loop's decisions as of now, for a reader (None before the first check).
+
+        While nothing happened since the last check, its published snapshot and plan; else the
+        policy's decisions on a snapshot taken now, with the last plan's keeps carried over as the
+        loop carries them. A reader never runs a check, acts or publishes: the loop acts on the
+        same pure decisions at its next check, at the latest at the earliest deadline it planned
+        (activity only moves deadlines later; what could move one earlier wakes the loop)."""
         if self.plan is None or self.snapshot is None:
             return None
-        return self.snapshot, self.plan
+        generation = self.tracker.generation
+        if self.generation == generation:
+            return self.snapshot, self.plan  # nothing happened since: still the truth
+        if self._view is not None and self._view[0] == generation:
+            return self._view[1], self._view[2]
+        snap = self.take_snapshot()
+        previous = (self.snapshot, self.plan) if self._decided_with is self.config else None
+        plan = decide(snap, self.config, previous)
+        self._view = (generation, snap, plan)
+        return snap, plan
 
     def stopping_ids(self) -> set[str]:
         """Ids of the kernels and terminals being stopped right now."""
@@ -244,7 +252,7 @@ class IdleCuller:
 
     async def reported_activity(self) -> float:
         """The server's last activity as the Hub should see it (now while something works)."""
-        current = await self.current()
+        current = self.current()
         if current is None:
             return self.tracker.last_activity
         snap, plan = current
@@ -376,7 +384,6 @@ class IdleCuller:
             self.log.warning("Shutdown cancelled: %s.", decision.reason)
             self._server_event("shutdown_cancelled", decision)
             self._warned = None
-        self.tracker.wake_on_activity = self._warned is not None
 
     def _server_event(self, action: str, decision: Decision, **extra: Any) -> None:
         self.emit(

@@ -85,6 +85,7 @@ class HubReporter:
         tracker: ActivityTracker,
         interval: float,
         log: Any,
+        last_activity: Callable[[], Awaitable[float]] | None = None,
         http_client: AsyncHTTPClient | None = None,
     ) -> None:
         self.hub = hub
@@ -93,8 +94,8 @@ class HubReporter:
         async def recorded() -> float:
             return tracker.last_activity
 
-        # the check loop's reported activity (now while something works), once it runs
-        self.last_activity: Callable[[], Awaitable[float]] = recorded
+        # the check loop's reported activity (now while something works)
+        self.last_activity: Callable[[], Awaitable[float]] = last_activity or recorded
         self.interval = interval
         self.log = log
         self.http = http_client or AsyncHTTPClient()
@@ -107,7 +108,13 @@ class HubReporter:
         # the wait between retries; a seam for tests
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # activity after an idle stretch longer than the interval is reported at once
-        tracker.resume_gap = interval
+        self.resumed = asyncio.Event()
+
+        def on_activity(now: float, before: float) -> None:
+            if now - before > self.interval:
+                self.resumed.set()
+
+        tracker.listen(on_activity)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"token {self.hub.token}", "Content-Type": "application/json"}
@@ -123,10 +130,10 @@ class HubReporter:
                 await self.report()
             except Exception as e:
                 self.log.error("Error notifying Hub of activity: %s", _describe_error(e))
-            self.tracker.resumed.clear()
+            self.resumed.clear()
             wait = self.interval * (1 + 0.2 * (random.random() - 0.5))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.tracker.resumed.wait(), wait)
+                await asyncio.wait_for(self.resumed.wait(), wait)
 
     async def report(self) -> bool:
         """Post the last activity if it moved since the last post; True when posted."""

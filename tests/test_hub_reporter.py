@@ -106,8 +106,8 @@ def make_reporter(fake_hub: FakeHub, log: Any, **kwargs: Any) -> tuple[HubReport
         tracker=tracker,
         interval=kwargs.pop("interval", 300.0),
         log=log,
+        last_activity=last_activity,
     )
-    reporter.last_activity = last_activity
     reporter.state = state  # type: ignore[attr-defined]
     return reporter, clock, tracker
 

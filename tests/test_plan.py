@@ -114,3 +114,34 @@ async def test_activity_since_the_last_check_is_in_the_next_status(
     after = await status(jp_fetch)
     assert any(s["name"] == "new.md" for s in after["sources"]), after["sources"]
     assert after["last_activity"] > before["last_activity"]
+
+
+async def test_readers_never_run_a_check_and_still_see_activity_since_the_last_one(
+    idle_app: Any, jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status, the metrics and the Hub reporter read; only the loop checks (and culls)."""
+    body = json.dumps({"type": "file", "format": "text", "content": "x"})
+    await jp_fetch("api", "contents", "notes.md", method="PUT", body=body)
+    culler = idle_app.culler
+    # the loop has seen the new document (a new source wakes it)
+    await wait_for(lambda: culler.generation == idle_app.tracker.generation, 10)
+    checks: list[bool] = []
+    check = culler.check
+
+    async def counted(poll_all: bool = True) -> Any:
+        checks.append(poll_all)
+        return await check(poll_all)
+
+    monkeypatch.setattr(culler, "check", counted)
+    before = await status(jp_fetch)
+    await asyncio.sleep(0.2)
+    # a second save of the same document: activity that moves no deadline earlier
+    await jp_fetch("api", "contents", "notes.md", method="PUT", body=body)
+    assert culler.generation != idle_app.tracker.generation
+    after = await status(jp_fetch)
+    assert after["last_activity"] > before["last_activity"], (before, after)
+    assert await culler.reported_activity() > idle_app.tracker.started
+    # the same view for every reader until something else happens
+    first, second = culler.current(), culler.current()
+    assert first is not None and second is not None and first[1] is second[1]
+    assert checks == [], "a reader made the loop check"
