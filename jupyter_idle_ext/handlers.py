@@ -164,7 +164,7 @@ class UnsavedHandler(IdleHandler):
         if unsaved is None:
             raise web.HTTPError(503, "jupyter_idle_ext is not running")
         unsaved.report(page, drafts, saved)
-        self.finish(json.dumps(unsaved.status()))
+        self.finish(json.dumps({**unsaved.status(), "copies": unsaved.copies(page)}))
 
 
 default_handlers = [

@@ -183,6 +183,11 @@ class Unsaved:
             self.pages.pop(page, None)
         self._changed.set()
 
+    def copies(self, page: str) -> list[str]:
+        """The paths whose copy from ``page`` the server holds: the page need not send them again
+        while they do not change."""
+        return [d.path for d in self.pages.get(page, (0.0, []))[1] if d.content is not None]
+
     def _live(self) -> dict[str, tuple[float, list[Draft]]]:
         now = self.clock()
         for page in [p for p, (at, _) in self.pages.items() if now - at > PAGE_GONE]:

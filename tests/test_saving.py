@@ -12,10 +12,12 @@ The REST side of both is in test_unsaved.py.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from browser import lab_server, launch, open_page, playwright_and_chromium
@@ -111,6 +113,15 @@ def test_a_file_changed_on_disk_is_kept_and_a_busy_page_is_saved_by_the_server(
             # two browsers: a page busy in one cannot hold up the other
             notebook7 = open_editor(launch(p, chromium), s, "edit/shared.txt")
             lab = open_editor(launch(p, chromium), s, "lab/tree/draft.txt")
+            reports: list[dict[str, Any]] = []
+            notebook7.on(
+                "request",
+                lambda r: (
+                    reports.append(json.loads(r.post_data or "{}"))
+                    if urlsplit(r.url).path.endswith("/api/idle/unsaved")
+                    else None
+                ),
+            )
             notebook7.keyboard.type("typed in Notebook 7")
             lab.keyboard.type("typed in JupyterLab")
             # another tab, a git pull: the file changes on disk after the page loaded it
@@ -134,6 +145,14 @@ def test_a_file_changed_on_disk_is_kept_and_a_busy_page_is_saved_by_the_server(
             assert (s.root / "draft.txt").read_text() == "draft\ntyped in JupyterLab"
             notebook7.get_by_text("Server stopped for idleness").wait_for(timeout=30_000)
             dialog = notebook7.locator(".jp-Dialog").inner_text()
+            # (playwright's sync API hands over the requests seen meanwhile during its own
+            # calls, such as the wait above: all of them are in by now)
+            # its copy went to the server once, at the warning; the reports after it (every
+            # 5 s, then every second) carry none while the document does not change
+            documents = [d for r in reports for d in r.get("documents", [])]
+            copies = [i for i, d in enumerate(documents) if "content" in d]
+            assert 1 <= len(copies) <= 2, documents
+            assert len(documents) - copies[0] >= 4, documents
             assert (
                 f"shared.txt had changed on disk: it is kept as it was, and your unsaved "
                 f"version is in {kept.name}." in re.sub(r"\s+", " ", dialog)

@@ -253,3 +253,26 @@ def test_beside_names_the_copy_after_the_file() -> None:
     assert beside("archive.tar.gz", now) == "archive.unsaved-20261205T153000Z.tar.gz"
     assert beside("Makefile", now) == "Makefile.unsaved-20261205T153000Z"
     assert beside(".env", now) == ".env.unsaved-20261205T153000Z"
+
+
+async def test_a_page_sends_a_copy_once_and_the_server_keeps_it_until_it_changes(
+    idle_app: Any, jp_fetch: Any, jp_root_dir: Any
+) -> None:
+    """Reports come every second near a stop; a notebook may be megabytes. The reply names the
+    copies the server holds from this page, and a report without a content keeps that copy."""
+    loaded = await write(jp_fetch, "notes.txt", "first\n")
+    document = {"path": "notes.txt", "last_modified": loaded["last_modified"]}
+    code, reply = await post(jp_fetch, "unsaved", {"page": "p", "documents": [document]})
+    assert (code, reply["copies"]) == (200, [])  # no copy sent yet
+    with_copy = {**document, "content": "first\ntyped\n"}
+    _, reply = await post(jp_fetch, "unsaved", {"page": "p", "documents": [with_copy]})
+    assert reply["copies"] == ["notes.txt"]
+    for _ in range(3):  # unchanged: reported without its content
+        _, reply = await post(jp_fetch, "unsaved", {"page": "p", "documents": [document]})
+        assert reply["copies"] == ["notes.txt"]
+    # another page holds no copy of it
+    _, reply = await post(jp_fetch, "unsaved", {"page": "q", "documents": [document]})
+    assert reply["copies"] == []
+    await post(jp_fetch, "unsaved", {"page": "q", "documents": []})
+    await idle_app.unsaved.save_before_stop(0.5)
+    assert (jp_root_dir / "notes.txt").read_text() == "first\ntyped\n"

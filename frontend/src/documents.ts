@@ -125,9 +125,25 @@ export class OpenDocuments implements IDisposable {
     };
   }
 
-  /** Tell the server what this page holds unsaved; near a stop, with the content. */
+  /**
+   * Tell the server what this page holds unsaved; near a stop, with the content. A content the
+   * server already holds from this page, unchanged since, is not sent again (a notebook may be
+   * megabytes, and reports come every second near the stop).
+   */
   private async _report(withContent: boolean, saved: ISaved[] = []): Promise<void> {
-    const documents = this._unsaved().map(c => this._draft(c, withContent));
+    const sent = new Map<string, string>();
+    const documents = this._unsaved().map(c => {
+      const draft = this._draft(c, withContent);
+      if (withContent) {
+        const content = JSON.stringify(draft.content);
+        if (this._held.get(c.path) === content) {
+          delete draft.content; // the server keeps the copy it has
+        } else {
+          sent.set(c.path, content);
+        }
+      }
+      return draft;
+    });
     const report = JSON.stringify({ documents, saved });
     // an unchanged report is sent again with each read of the status, so the server knows
     // the page is still there; an empty one only once
@@ -136,9 +152,19 @@ export class OpenDocuments implements IDisposable {
     }
     this._lastReport = report;
     try {
-      await this.client.reportUnsaved({ page: this._pageId, documents, saved });
+      const reply = await this.client.reportUnsaved({ page: this._pageId, documents, saved });
+      // the copies the server now holds from this page: what was sent, or kept from before
+      const copies = new Set(reply.copies ?? []);
+      const held = new Map<string, string>();
+      for (const [path, content] of [...this._held, ...sent]) {
+        if (copies.has(path)) {
+          held.set(path, content);
+        }
+      }
+      this._held = held;
     } catch {
       this._lastReport = '';
+      this._held = new Map(); // the server may have lost them: send them again
     }
   }
 
@@ -207,6 +233,8 @@ export class OpenDocuments implements IDisposable {
   // this page, to the server's list of unsaved documents, and what it last told it
   private _pageId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
   private _lastReport = '';
+  // by path, the content of the copy the server holds from this page (as sent)
+  private _held = new Map<string, string>();
   private _dirtyPaths = '';
   private _savingForStop: Promise<void> | null = null;
   private _lastEditSent = 0;

@@ -56,6 +56,8 @@ export interface IUnsavedStatus {
   note: string;
   saving: boolean;
   saved: ISaved[];
+  /** In the reply to a page's report: the paths whose copy from that page the server holds. */
+  copies?: string[];
 }
 
 export interface IServerStatus {
