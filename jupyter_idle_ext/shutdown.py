@@ -24,6 +24,8 @@ from typing import Any
 
 # after the event loop stops, a normal exit takes well under this
 AFTER_STOP = 2.0
+# how long a process started after the stop began gets to end after SIGTERM before it is killed
+LATE_STOP_TIMEOUT = 3.0
 
 
 async def stop_server(serverapp: Any, reporter: Any, log: Any) -> None:
@@ -56,7 +58,58 @@ def held_by() -> list[str]:
     return held
 
 
-def _flush_and_exit(log: Any, why: str, code: int = 0) -> None:
+def running_processes() -> set[tuple[int, float]]:
+    """The processes this one started that run now, as (pid, start time)."""
+    try:
+        import psutil
+
+        found = set()
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                found.add((child.pid, child.create_time()))
+        return found
+    except Exception:
+        return set()
+
+
+def end_late_processes(before: set[tuple[int, float]], log: Any) -> list[int]:
+    """End the processes this one started after the stop began (those not in ``before``, what
+    ran then), with their children; return their pids. Such a process (the executor of a
+    notebook job created as the stop came, which the jobs source, already stopped, never saw)
+    would run on after the server, where nobody can see or stop it. A process started before
+    the stop is left as it is: the exit line names it."""
+    try:
+        import psutil
+
+        late = []
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if (child.pid, child.create_time()) not in before:
+                    late.append(child)
+        for process in late:
+            with contextlib.suppress(psutil.Error):
+                command = " ".join(process.cmdline()) or process.name()
+                log.warning(
+                    "Ending process %d `%s`: it started after the stop began.",
+                    process.pid,
+                    command[:80],
+                )
+                process.terminate()
+        _, alive = psutil.wait_procs(late, timeout=LATE_STOP_TIMEOUT)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        return [p.pid for p in late]
+    except Exception as e:  # the exit goes on whatever happens here
+        log.error("Could not end the processes started after the stop began: %s", e)
+        return []
+
+
+def _flush_and_exit(
+    log: Any, why: str, code: int = 0, before: set[tuple[int, float]] | None = None
+) -> None:
+    if before is not None:
+        end_late_processes(before, log)
     log.warning("Exiting: %s (still running: %s).", why, ", ".join(held_by()) or "nothing")
     for handler in logging.getLogger().handlers + list(getattr(log, "handlers", [])):
         try:
@@ -78,19 +131,22 @@ def exit_with(code: int, log: Any) -> None:
 
 def exit_promptly(loop: asyncio.AbstractEventLoop, grace: float, log: Any, code: int = 0) -> None:
     """Make sure the process exits with ``code``: ``AFTER_STOP`` after the loop stops, or
-    ``grace`` from now."""
+    ``grace`` from now; what it started after now is ended first (``end_late_processes``)."""
+    before = running_processes()
+    # a normal exit, before the watch below ends it
+    atexit.register(lambda: end_late_processes(before, log))
 
     def watch() -> None:
         deadline = time.monotonic() + grace
         while loop.is_running():
             if time.monotonic() >= deadline:
                 why = f"the stop did not finish within shutdown_grace ({grace:g} s)"
-                _flush_and_exit(log, why, code)
+                _flush_and_exit(log, why, code, before=before)
             time.sleep(0.1)
         stopped = time.monotonic()
         while time.monotonic() - stopped < AFTER_STOP:
             time.sleep(0.1)
-        _flush_and_exit(log, "the server stopped but the process did not end", code)
+        _flush_and_exit(log, "the server stopped but the process did not end", code, before=before)
 
     # a daemon thread: when the process ends by itself, as it usually does, this ends with it
     threading.Thread(target=watch, name="jupyter_idle_ext exit", daemon=True).start()

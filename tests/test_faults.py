@@ -279,6 +279,37 @@ def test_the_hubs_sigterm_during_our_delete_is_harmless(
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_a_process_started_after_the_stop_began_does_not_outlive_the_server(
+    start_server: Any, tmp_path: Any
+) -> None:
+    """A notebook job created as the stop comes starts its executor after the jobs source has
+    stopped: nothing would ever stop it. What the server starts after its stop began is ended
+    with it; what it started before is left as it is."""
+    import psutil
+
+    server = start_server(
+        "--IdleExtension.server_idle_timeout=4",
+        "--IdleExtension.shutdown_warning=0",
+        env={"PYTHONPATH": os.path.dirname(__file__), "LATE_PROCESS_DIR": str(tmp_path)},
+        extensions={"late_process_extension": True},
+    )
+    assert server.wait_exit(30) == 0
+    early = int((tmp_path / "early.pid").read_text())
+    late = int((tmp_path / "late.pid").read_text())
+    try:
+        log = server.log()
+        assert "late_process_extension: started a process while stopping" in log
+        assert f"Ending process {late} `" in log and "it started after the stop began" in log
+        assert f"Ending process {early} " not in log
+        assert not psutil.pid_exists(late) or psutil.Process(late).status() == "zombie"
+        assert psutil.pid_exists(early) and "time.sleep(120)" in " ".join(
+            psutil.Process(early).cmdline()
+        )
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(early).kill()
+
+
 def test_an_extension_whose_stop_hangs_cannot_keep_the_process(start_server: Any) -> None:
     """shutdown_grace bounds the exit; the exit code is still 0 (an idle shutdown is not an
     error, and a Hub or orchestrator must not restart the server for it)."""
