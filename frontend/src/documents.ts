@@ -130,7 +130,14 @@ export class OpenDocuments implements IDisposable {
    * server already holds from this page, unchanged since, is not sent again (a notebook may be
    * megabytes, and reports come every second near the stop).
    */
-  private async _report(withContent: boolean, saved: ISaved[] = []): Promise<void> {
+  private _report(withContent: boolean, saved: ISaved[] = []): Promise<void> {
+    // one at a time: each reply says which copies the server holds after that report
+    const next = this._reporting.then(() => this._reportNow(withContent, saved));
+    this._reporting = next.catch(() => undefined);
+    return next;
+  }
+
+  private async _reportNow(withContent: boolean, saved: ISaved[], again = true): Promise<void> {
     const sent = new Map<string, string>();
     const documents = this._unsaved().map(c => {
       const draft = this._draft(c, withContent);
@@ -162,6 +169,13 @@ export class OpenDocuments implements IDisposable {
         }
       }
       this._held = held;
+      // a copy the page left out that the server no longer holds (it restarted): send it now
+      const lost = documents.some(
+        d => withContent && !('content' in d) && !copies.has(d.path as string)
+      );
+      if (lost && again) {
+        await this._reportNow(withContent, [], false);
+      }
     } catch {
       this._lastReport = '';
       this._held = new Map(); // the server may have lost them: send them again
@@ -233,6 +247,7 @@ export class OpenDocuments implements IDisposable {
   // this page, to the server's list of unsaved documents, and what it last told it
   private _pageId = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
   private _lastReport = '';
+  private _reporting: Promise<void> = Promise.resolve();
   // by path, the content of the copy the server holds from this page (as sent)
   private _held = new Map<string, string>();
   private _dirtyPaths = '';

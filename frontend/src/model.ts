@@ -21,12 +21,14 @@ export class IdleModel implements IDisposable {
     this.client = options.client;
     this._afterRead = options.afterRead ?? (() => Promise.resolve());
     this._reads = new Poll({
+      auto: false,
       factory: () => this._read(),
       frequency: { interval: POLL_MS, backoff: false, max: POLL_MS },
       standby: 'never',
       name: 'jupyter-idle-ext:status'
     });
     this._ticks = new Poll({
+      auto: false,
       factory: async () => this._ticked.emit(undefined),
       frequency: { interval: 1000, backoff: false, max: 1000 },
       standby: 'never',
@@ -71,17 +73,27 @@ export class IdleModel implements IDisposable {
     void this._ticks.start();
   }
 
-  /** Read now; resolves once that read and its work are done. */
+  /** Read now; resolves once that read and its work are done (a read asked for earlier and
+   * still under way may predate what the caller just did: it is waited for, then one more). */
   async refresh(): Promise<void> {
-    if (this.isDisposed) {
+    if (this.isDisposed || this._stopped) {
       return;
+    }
+    if (this._reads.state.phase === 'refreshed') {
+      await this._reads.tick;
     }
     await this._reads.refresh();
     await this._reads.tick;
   }
 
-  /** No more reads or ticks: the server is gone. */
+  /** Whether the server is gone (no more reads). */
+  get stopped(): boolean {
+    return this._stopped;
+  }
+
+  /** No more reads or ticks, for good: the server is gone. */
   stop(): void {
+    this._stopped = true;
     void this._reads.stop();
     void this._ticks.stop();
   }
@@ -119,6 +131,7 @@ export class IdleModel implements IDisposable {
   }
 
   private _afterRead: (status: IStatus) => Promise<void>;
+  private _stopped = false;
   private _reads: Poll;
   private _ticks: Poll;
   private _changed = new Signal<this, IStatus>(this);

@@ -120,6 +120,9 @@ export class IdleViews implements IDisposable {
   }
 
   private _onRead(model: IdleModel, status: IStatus): void {
+    if (this._stoppedShown) {
+      return; // a read that was under way as the server stopped
+    }
     this._rememberKernels();
     this._sayWhatWasStopped(status);
     this._firstRead = false;
@@ -270,6 +273,9 @@ export class IdleViews implements IDisposable {
   }
 
   private _onClick = async (): Promise<void> => {
+    if (this._stoppedShown) {
+      return;
+    }
     await this.model.refresh();
     const status = this.model.status;
     if (!status) {
