@@ -319,7 +319,9 @@ def test_under_jupyterhub_start_my_server_again_spawns_this_named_server(tmp_pat
             hub.wait_stopped(user, name, 30)
             dialog = page.locator(".jp-Dialog")
             assert "Your saved files are kept" in dialog.inner_text()
-            assert page.locator(".Toastify__toast", has_text="Keep working").count() == 0
+            # the warning toast leaves (after its exit animation)
+            warning = page.locator(".Toastify__toast", has_text="Keep working")
+            warning.first.wait_for(state="detached", timeout=10_000)
             dialog.get_by_role("button", name="Start my server again").click()
 
             # the Hub starts this server, named, again, and the page lands in it
