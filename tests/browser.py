@@ -6,10 +6,12 @@ from ``apt-get install chromium`` is used. On CI a missing browser fails the tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import pytest
 from servers import TOKEN, ServerProcess, on_ci
@@ -45,6 +47,15 @@ def playwright_and_chromium() -> tuple[Any, str]:
 
 def launch(playwright: Any, chromium: str) -> Any:
     return playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+
+
+@contextlib.contextmanager
+def browsers() -> Iterator[Callable[[], Any]]:
+    """``new_browser()`` launches a headless Chromium (each one a browser of its own); all are
+    closed at the end of the block. On CI a missing Playwright or Chromium fails the test."""
+    sync_playwright, chromium = playwright_and_chromium()
+    with sync_playwright() as p:
+        yield lambda: launch(p, chromium)
 
 
 def lab_server(

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import INDICATOR, lab_server, launch, open_page, playwright_and_chromium
+from browser import INDICATOR, browsers, lab_server, open_page
 from servers import ServerProcess, require, wait_until
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
@@ -89,10 +89,9 @@ def test_a_tab_left_alone_is_told_everything_and_still_lets_the_server_stop(
         f"--IdleExtension.shutdown_warning={warning}",
         f"--IdleExtension.cull_idle_timeout={cull}",
     )
-    sync_playwright, chromium = playwright_and_chromium()
     try:
-        with sync_playwright() as p:
-            browser = launch(p, chromium)
+        with browsers() as new_browser:
+            browser = new_browser()
             pages = {}
             for app, path in (("lab", "lab/tree/idle.ipynb"), ("notebook", "notebooks/idle.ipynb")):
                 page = open_page(browser, s, path)
@@ -169,10 +168,9 @@ def test_stop_when_done_and_keep_working_from_the_panel_and_the_warning(tmp_path
         "--IdleExtension.cull_idle_timeout=600",
         "--IdleExtension.max_keepalive=1200",
     )
-    sync_playwright, chromium = playwright_and_chromium()
     try:
-        with sync_playwright() as p:
-            browser = launch(p, chromium)
+        with browsers() as new_browser:
+            browser = new_browser()
             page = open_page(browser, s, "lab/tree/idle.ipynb")
             page.wait_for_function(
                 f"document.querySelector('{INDICATOR}').textContent.includes('Idle shutdown in')",
@@ -250,10 +248,9 @@ def test_a_kernel_on_a_gateway_is_named_remote_in_the_panel_and_at_its_cull(
         f"--IdleExtension.cull_idle_timeout={cull}",
         "--IdleExtension.server_idle_timeout=0",
     )
-    sync_playwright, chromium = playwright_and_chromium()
     try:
-        with sync_playwright() as p:
-            browser = launch(p, chromium)
+        with browsers() as new_browser:
+            browser = new_browser()
             page = open_page(browser, s, "lab/tree/idle.ipynb")
             wait_until(lambda: gateway.kernels(), 60)
             page.locator(INDICATOR).click()
@@ -301,9 +298,8 @@ def test_under_jupyterhub_start_my_server_again_spawns_this_named_server(tmp_pat
         )
         hub.create_user(user)
         hub.start_server(user, name)
-        sync_playwright, chromium = playwright_and_chromium()
-        with sync_playwright() as p:
-            browser = launch(p, chromium)
+        with browsers() as new_browser:
+            browser = new_browser()
             page = browser.new_context(viewport={"width": 1200, "height": 700}).new_page()
             # a person's way in: the Hub's login form, then the server's JupyterLab
             page.goto(f"{hub.url}/hub/login?next=/user/{user}/{name}/lab", timeout=60_000)

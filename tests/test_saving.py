@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import lab_server, launch, open_page, playwright_and_chromium
+from browser import browsers, lab_server, open_page
 from servers import ServerProcess, wait_until
 from test_frontend import NOTEBOOK, SETTINGS, require_installed_frontend
 
@@ -60,10 +60,9 @@ def test_typing_without_saving_keeps_the_server_and_the_words_are_saved_at_the_s
         f"--IdleExtension.server_idle_timeout={timeout}",
         f"--IdleExtension.shutdown_warning={warning}",
     )
-    sync_playwright, chromium = playwright_and_chromium()
     try:
-        with sync_playwright() as p:
-            browser = launch(p, chromium)
+        with browsers() as new_browser:
+            browser = new_browser()
             page = open_editor(browser, s, "lab/tree/notes.txt")
             # a key every few seconds, for longer than server_idle_timeout, never saved
             started = time.monotonic()
@@ -107,12 +106,11 @@ def test_a_file_changed_on_disk_is_kept_and_a_busy_page_is_saved_by_the_server(
         f"--IdleExtension.server_idle_timeout={timeout}",
         f"--IdleExtension.shutdown_warning={warning}",
     )
-    sync_playwright, chromium = playwright_and_chromium()
     try:
-        with sync_playwright() as p:
+        with browsers() as new_browser:
             # two browsers: a page busy in one cannot hold up the other
-            notebook7 = open_editor(launch(p, chromium), s, "edit/shared.txt")
-            lab = open_editor(launch(p, chromium), s, "lab/tree/draft.txt")
+            notebook7 = open_editor(new_browser(), s, "edit/shared.txt")
+            lab = open_editor(new_browser(), s, "lab/tree/draft.txt")
             reports: list[dict[str, Any]] = []
             notebook7.on(
                 "request",
@@ -187,10 +185,9 @@ def test_after_a_cell_with_the_tab_left_open_the_stop_comes_within_one_autosave_
         settings=settings,
         files={"idle.ipynb": NOTEBOOK},
     ).wait_ready(90)
-    sync_playwright, chromium = playwright_and_chromium()
     try:
-        with sync_playwright() as p:
-            browser = launch(p, chromium)
+        with browsers() as new_browser:
+            browser = new_browser()
             page = open_page(browser, s, "lab/tree/idle.ipynb", indicator=False)
             # the notebook's kernel up and idle (read from the server: under load the page's
             # own indicator can say idle before the kernel's connection is ready)
