@@ -21,6 +21,7 @@ from .policy import (
     PolicyConfig,
     Snapshot,
     decide,
+    reported_activity,
     working,
 )
 from .shutdown import exit_promptly
@@ -229,13 +230,8 @@ class IdleCuller:
     def kept_by(self) -> tuple[str, str]:
         """What keeps the server up right now, for the usage metric: (kernel, process, job or
         extension while it works, or keepalive; "") or, while nothing works, ("idle", the kind
-        of the last activity: document, app, kernel, terminal, ..., or "none"). From the same
-        snapshot and plan as the status (``current``)."""
-        current = self.current()
-        if current is None:
-            return "idle", "none"
-        snap, _ = current
-        # (the plan names it only while a server rule watches; the metric counts it always)
+        of the last activity: document, app, kernel, terminal, ..., or "none")."""
+        snap = self.take_snapshot()
         busy = working(snap, self.config)
         if busy is not None:
             kind = busy[2].split(" ", 1)[0]
@@ -247,14 +243,12 @@ class IdleCuller:
 
     def idle_seconds(self) -> float:
         """Seconds since the last activity as the Hub sees it (0 while something works), as of
-        now, from the same snapshot and plan as the status (``current``)."""
-        current = self.current()
-        if current is None:
+        now: a kernel that went busy since the last check counts (for the metric, which cannot
+        wait for a check, and never starts one)."""
+        snap = self.take_snapshot()
+        if reported_activity(snap, self.config) >= snap.now:
             return 0.0
-        snap, plan = current
-        if plan.reported_activity >= snap.now:
-            return 0.0
-        return max(0.0, self.tracker.clock() - snap.last_activity)
+        return max(0.0, snap.now - snap.last_activity)
 
     async def reported_activity(self) -> float:
         """The server's last activity as the Hub should see it (now while something works)."""

@@ -121,12 +121,11 @@ def _parse(iso: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def beside(path: str, now: datetime, n: int = 1) -> str:
-    """Where a version that must not overwrite ``path`` goes: ``notes.unsaved-<time>.txt``, or
-    ``notes.unsaved-<time>-<n>.txt`` for the n-th in the same second."""
+def beside(path: str, now: datetime) -> str:
+    """Where a version that must not overwrite ``path`` goes: ``notes.unsaved-<time>.txt``."""
     directory, name = posixpath.split(path)
     stem, dot, extension = name.partition(".") if not name.startswith(".") else (name, "", "")
-    stamp = now.strftime("%Y%m%dT%H%M%SZ") + (f"-{n}" if n > 1 else "")
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     return posixpath.join(directory, f"{stem}.unsaved-{stamp}{dot}{extension}")
 
 
@@ -238,11 +237,9 @@ class Unsaved:
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(0.5, deadline - self.clock()))
-        for page in list(self._live()):
-            for draft in list(self.pages.get(page, (0.0, []))[1]):
-                # a report that came in during an earlier save replaces what it held
-                if any(d is draft for d in self.pages.get(page, (0.0, []))[1]):
-                    await self._save(draft)
+        for _, drafts in list(self._live().values()):
+            for draft in drafts:
+                await self._save(draft)
         self.pages.clear()
 
     async def _save(self, draft: Draft) -> None:
@@ -255,14 +252,7 @@ class Unsaved:
             return
         try:
             changed = await self._changed_on_disk(draft)
-            target = draft.path
-            if changed:
-                # two pages holding the same file may both be saved beside it in one second
-                now, n = datetime.now(timezone.utc), 1
-                target = beside(draft.path, now)
-                while await ensure_async(self.cm.file_exists(target)):
-                    n += 1
-                    target = beside(draft.path, now, n)
+            target = beside(draft.path, datetime.now(timezone.utc)) if changed else draft.path
             model = {"type": draft.type, "format": draft.format, "content": draft.content}
             await ensure_async(self.cm.save(model, target))
         except Exception as e:

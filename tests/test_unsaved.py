@@ -253,24 +253,6 @@ def test_beside_names_the_copy_after_the_file() -> None:
     assert beside("archive.tar.gz", now) == "archive.unsaved-20261205T153000Z.tar.gz"
     assert beside("Makefile", now) == "Makefile.unsaved-20261205T153000Z"
     assert beside(".env", now) == ".env.unsaved-20261205T153000Z"
-    assert beside("notes.txt", now, 2) == "notes.unsaved-20261205T153000Z-2.txt"
-
-
-async def test_two_pages_holding_one_changed_file_both_keep_their_versions(
-    idle_app: Any, jp_fetch: Any, jp_root_dir: Any
-) -> None:
-    """Both copies go beside the file, in the same second: the second never overwrites the
-    first."""
-    loaded = await write(jp_fetch, "shared.txt", "as loaded\n")
-    await asyncio.sleep(1.1)
-    (jp_root_dir / "shared.txt").write_text("changed on disk\n")
-    for page, text in (("p", "from p\n"), ("q", "from q\n")):
-        document = {"path": "shared.txt", "last_modified": loaded["last_modified"], "content": text}
-        assert (await post(jp_fetch, "unsaved", {"page": page, "documents": [document]}))[0] == 200
-    await idle_app.unsaved.save_before_stop(0.2)
-    assert (jp_root_dir / "shared.txt").read_text() == "changed on disk\n"
-    copies = sorted(p.read_text() for p in jp_root_dir.glob("shared.unsaved-*.txt"))
-    assert copies == ["from p\n", "from q\n"], copies
 
 
 async def test_a_page_sends_a_copy_once_and_the_server_keeps_it_until_it_changes(

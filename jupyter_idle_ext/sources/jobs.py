@@ -31,7 +31,6 @@ import psutil
 
 from ..activity import ActivityTracker
 from ..policy import SCHEDULED_RUN_START, ScheduledRun
-from ..shutdown import end_processes
 from . import BaseSource, Context
 from .processes import JobKernel
 
@@ -457,8 +456,17 @@ class JobKernels(BaseSource):
 
 async def _end(processes: list[psutil.Process]) -> list[psutil.Process]:
     """Terminate ``processes``, kill those still running STOP_TIMEOUT later; return those."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, end_processes, processes, STOP_TIMEOUT)
+    _, alive = await loop.run_in_executor(
+        None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
+    )
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return list(alive)
 
 
 def make(context: Context) -> JobKernels | None:
