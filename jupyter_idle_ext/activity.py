@@ -247,4 +247,5 @@ def snapshot(
         stop_when_done=tracker.stop_when_done,
         scheduled=tracker.scheduled,
         last_source=last.describe() if last is not None else None,
+        last_kind=last.kind if last is not None else None,
     )

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -77,6 +77,8 @@ class IdleExtension(IdleOptions, ExtensionApp):
         # why the extension is not running, when it failed and fail_open kept the server up
         self.failed: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # what the start registered with process-wide objects, undone at stop
+        self._undo: list[Callable[[], None]] = []
 
     # -- failing closed ----------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
         labels = server_labels()
         IDLE_SECONDS.labels(*labels).set_function(culler.idle_seconds)
         SECONDS_TO_SHUTDOWN.labels(*labels).set_function(culler.seconds_to_shutdown)
-        USAGE.usage = Usage(culler.kept_by, labels)
+        self._undo.append(USAGE.attach(Usage(culler.kept_by, labels)))
         self.log.info("%s", culler.describe())
         self._tasks.append(asyncio.create_task(culler.run()))
         if self.reporter is not None:
@@ -283,9 +285,9 @@ class IdleExtension(IdleOptions, ExtensionApp):
         if self.marker is not None and os.environ.get(ENV_MARKER) == self.marker:
             # processes started from now on are no longer this server's
             del os.environ[ENV_MARKER]
-        usage = USAGE.usage
-        if usage is not None and self.culler is not None and usage.kept_by == self.culler.kept_by:
-            USAGE.usage = None
+        for undo in reversed(self._undo):
+            undo()
+        self._undo = []
         if self.culler is not None:
             try:
                 self.culler.close()

@@ -21,8 +21,6 @@ from .policy import (
     PolicyConfig,
     Snapshot,
     decide,
-    reported_activity,
-    working,
 )
 from .shutdown import exit_promptly
 from .sources import Source
@@ -230,25 +228,28 @@ class IdleCuller:
     def kept_by(self) -> tuple[str, str]:
         """What keeps the server up right now, for the usage metric: (kernel, process, job or
         extension while it works, or keepalive; "") or, while nothing works, ("idle", the kind
-        of the last activity: document, app, kernel, terminal, ..., or "none")."""
-        snap = self.take_snapshot()
-        busy = working(snap, self.config)
-        if busy is not None:
-            kind = busy[2].split(" ", 1)[0]
-            return (kind if kind in ("kernel", "process", "job") else "extension"), ""
+        of the last activity: document, app, kernel, terminal, ..., or "none"). From the same
+        snapshot and plan as the status (``current``)."""
+        current = self.current()
+        if current is None:
+            return "idle", "none"
+        snap, plan = current
+        if plan.working is not None:
+            return plan.working.kind, ""
         if snap.keepalive_until is not None and snap.keepalive_until > snap.now:
             return "keepalive", ""
-        last = self.tracker.last_record
-        return "idle", last.kind if last is not None else "none"
+        return "idle", snap.last_kind or "none"
 
     def idle_seconds(self) -> float:
         """Seconds since the last activity as the Hub sees it (0 while something works), as of
-        now: a kernel that went busy since the last check counts (for the metric, which cannot
-        wait for a check, and never starts one)."""
-        snap = self.take_snapshot()
-        if reported_activity(snap, self.config) >= snap.now:
+        now, from the same snapshot and plan as the status (``current``)."""
+        current = self.current()
+        if current is None:
             return 0.0
-        return max(0.0, snap.now - snap.last_activity)
+        snap, plan = current
+        if plan.reported_activity >= snap.now:
+            return 0.0
+        return max(0.0, self.tracker.clock() - snap.last_activity)
 
     async def reported_activity(self) -> float:
         """The server's last activity as the Hub should see it (now while something works)."""

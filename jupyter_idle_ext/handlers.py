@@ -50,12 +50,11 @@ class KeepaliveHandler(IdleHandler):
         raise web.HTTPError(code, reason)
 
     def _seconds(self) -> float:
-        if len(self.request.body) > MAX_BODY:
-            self._refuse(413, f"body larger than {MAX_BODY} bytes")
         try:
-            body = json.loads(self.request.body or b"null")
-        except (ValueError, RecursionError):
-            self._refuse(400, 'body must be JSON like {"seconds": 3600}')
+            body = _json_body(self, MAX_BODY, '{"seconds": 3600}')
+        except web.HTTPError:
+            KEEPALIVES.labels("refused").inc()
+            raise
         seconds = body.get("seconds") if isinstance(body, dict) else None
         if (
             isinstance(seconds, bool)
@@ -108,9 +107,7 @@ class StopWhenDoneHandler(IdleHandler):
     @web.authenticated
     @authorized
     def post(self) -> None:
-        if len(self.request.body) > MAX_BODY:
-            raise web.HTTPError(413, f"body larger than {MAX_BODY} bytes")
-        if self.request.body.strip() not in (b"", b"{}", b"null"):
+        if _json_body(self, MAX_BODY, "{}") not in (None, {}):
             raise web.HTTPError(400, "stop-when-done takes no body (or {})")
         self.finish(json.dumps({"stop_when_done": self.stop_when_done.request()}))
 

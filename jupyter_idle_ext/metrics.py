@@ -118,6 +118,17 @@ class _UsageCollector:
     def __init__(self) -> None:
         self.usage: Usage | None = None
 
+    def attach(self, usage: Usage) -> Callable[[], None]:
+        """Collect ``usage`` from now on; return what stops that (which leaves a later server's
+        usage in place, where tests start one after another in a process)."""
+        self.usage = usage
+
+        def detach() -> None:
+            if self.usage is usage:
+                self.usage = None
+
+        return detach
+
     def collect(self) -> Iterator[Metric]:
         usage = self.usage
         if usage is not None:

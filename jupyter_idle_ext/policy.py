@@ -7,7 +7,9 @@ so the rules can be tested in a table without servers, kernels or sleeps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+from .reasons import Clause, Reason, say
 
 # how long after nothing works any more "stop when done" stops the server, when shutdown_warning
 # (which it uses otherwise) is 0
@@ -126,8 +128,10 @@ class Snapshot:
     sources: tuple[SourceState, ...] = ()
     # a user's keep-alive: no idle shutdown before this time
     keepalive_until: float | None = None
-    # what the last activity was, for people ("notes.md saved", "kernel 3f2a5b1c")
+    # what the last activity was, for people ("notes.md saved", "kernel 3f2a5b1c"), and its kind
+    # ("document", "kernel", ...)
     last_source: str | None = None
+    last_kind: str | None = None
     # when a user asked to stop the server once nothing works any more
     stop_when_done: float | None = None
     # the next run of each scheduled job, soonest first
@@ -136,47 +140,42 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Decision:
-    """One decision about one thing, with the reason a person can read and the deadline it hangs on.
+    """One decision about one thing, why (a ``Reason``, rendered when read), and the deadline it
+    hangs on.
 
     ``action`` is "keep", "cull" (stop an idle kernel or terminal), "remove" (a dead kernel),
-    "warn" (the server will shut down soon) or "shutdown". The reason is formatted only when
-    someone reads it, and can be read later than the decision was made: ``reason_at(now)`` counts
-    its durations ("idle 12 s") to ``now`` from the times in ``clocks``.
+    "warn" (the server will shut down soon) or "shutdown". The reason can be read later than the
+    decision was made: ``reason_at(now)`` counts its durations ("idle 12 s") to ``now``.
     """
 
     kind: str
     id: str
     action: str
-    # a str.format template: positional fields from ``args``, named ones from ``clocks``
-    # ({idle} is "12 s" of idle time) and {left} (the time to the deadline)
-    template: str
+    why: Reason
     now: float
     deadline: float | None = None
     rule: str = ""
-    args: tuple[Any, ...] = ()
-    clocks: tuple[tuple[str, float], ...] = ()
     # the server's: what works and keeps it, in a few words ("kernel busy"), its clock "busy"
     kept_by: str = ""
     # the scheduled runs a shutdown at this decision's deadline cancels, for people
     cancels: str = ""
 
     def reason_at(self, now: float) -> str:
-        values = {name: _seconds(max(0.0, now - since)) for name, since in self.clocks}
-        if self.deadline is not None:
-            values["left"] = _seconds(max(0.0, self.deadline - now))
-        return self.template.format(*self.args, **values)
+        return self.why.text(now)
 
     @property
     def reason(self) -> str:
         return self.reason_at(self.now)
 
+    def since(self, clock: str) -> float | None:
+        """When the reason's ``clock`` ("idle", "busy", "age") started counting, if it has it."""
+        return dict(self.why.clocks).get(clock)
+
     @property
     def idle(self) -> float:
         """Seconds idle when decided (0 for something working)."""
-        for name, since in self.clocks:
-            if name == "idle":
-                return max(0.0, self.now - since)
-        return 0.0
+        since = self.since("idle")
+        return 0.0 if since is None else max(0.0, self.now - since)
 
 
 @dataclass(frozen=True)
@@ -192,20 +191,13 @@ class Plan:
     warn_at: float | None = None
     # the last activity to report to the Hub (now while something works)
     reported_activity: float = 0.0
+    # what works right now, whether or not a server rule watches (the usage metric counts it)
+    working: Working | None = None
 
 
 def stop_when_done_delay(config: Any) -> float:
     """Seconds after nothing works any more at which "stop when done" stops the server."""
     return float(config.shutdown_warning or STOP_WHEN_DONE_DELAY)
-
-
-def _literal(text: str) -> str:
-    """Text put into a reason template as it is (a job's name may hold braces)."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-def _seconds(value: float) -> str:
-    return f"{round(value)} s"
 
 
 def kernel_timeout(kernel: KernelState, config: PolicyConfig) -> tuple[float, str]:
@@ -215,37 +207,45 @@ def kernel_timeout(kernel: KernelState, config: PolicyConfig) -> tuple[float, st
     return config.cull_idle_timeout, "cull_idle_timeout"
 
 
+def _idle_rule(
+    action: str, rule: str, limit: float, idle_since: float, deadline: float, busy: Reason | None
+) -> Reason:
+    """idle against a timeout ("idle 12 s of cull_idle_timeout 3600 s"), after what was busy
+    past max_busy_time, if anything."""
+    says = "idle_over" if action in ("cull", "shutdown") else "idle_of"
+    clause = Clause(says, rule=rule, limit=limit)
+    clocks: tuple[tuple[str, float], ...] = (("idle", idle_since),)
+    if busy is None:
+        return Reason((clause,), clocks, deadline)
+    return Reason((*busy.clauses, clause), (*clocks, *busy.clocks), deadline)
+
+
 def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Decision:
     """Cull, remove or keep one kernel."""
     kid = kernel.id
     if kernel.dead_since is not None:
         removal = kernel.dead_since + DEAD_KERNEL_GRACE
         if now >= removal:
-            return Decision("kernel", kid, "remove", "kernel process is dead", now, removal, "dead")
-        return Decision(
-            "kernel", kid, "keep", "kernel process is dead; removed in {left}", now, removal
-        )
+            return Decision("kernel", kid, "remove", say("dead"), now, removal, "dead")
+        why = Reason((Clause("dead_removed_in"),), deadline=removal)
+        return Decision("kernel", kid, "keep", why, now, removal)
     timeout, option = kernel_timeout(kernel, config)
     idle = (("idle", kernel.last_activity),)
     if kernel.unobserved_since is not None:
         # unknown means working, never idle since the start
-        return Decision("kernel", kid, "keep", "its activity cannot be seen: never culled", now)
+        return Decision("kernel", kid, "keep", say("unobserved"), now)
     if timeout <= 0:
-        return Decision(
-            "kernel", kid, "keep", "{0} is 0: never culled", now, args=(option,), clocks=idle
-        )
+        why = Reason((Clause("never_culled", rule=option),), idle)
+        return Decision("kernel", kid, "keep", why, now)
     if not config.cull_connected and kernel.connections != 0:
         # unknown connections (None) count as connected: never cull more than asked
         if kernel.connections is None:
-            template = "connections unknown and cull_connected is off"
+            clause = Clause("connections_unknown")
         else:
-            template = "{0} connection(s) open and cull_connected is off"
-        return Decision(
-            "kernel", kid, "keep", template, now, args=(kernel.connections,), clocks=idle
-        )
+            clause = Clause("connected", count=kernel.connections)
+        return Decision("kernel", kid, "keep", Reason((clause,), idle), now)
     deadline = kernel.last_activity + timeout
-    past_cap = ""
-    clocks: tuple[tuple[str, float], ...] = idle
+    past_cap = None
     # executing a cell, or computing outside one (a thread, a process it started)
     busy_since, busy = kernel.busy_since, "busy"
     if busy_since is None and kernel.computing_since is not None:
@@ -254,26 +254,16 @@ def decide_kernel(kernel: KernelState, config: PolicyConfig, now: float) -> Deci
         cap = config.max_busy_time
         if cap <= 0 or now - busy_since < cap:
             # a busy kernel is working, however silent; only the cap can end that
-            return Decision(
-                "kernel",
-                kid,
-                "keep",
-                "{0} for {busy}",
-                now,
-                busy_since + cap if cap > 0 else None,
-                args=(busy,),
-                clocks=(("busy", busy_since),),
-            )
+            until = busy_since + cap if cap > 0 else None
+            why = Reason((Clause("busy_for", subject=busy),), (("busy", busy_since),), until)
+            return Decision("kernel", kid, "keep", why, now, until)
         deadline = max(deadline, busy_since + cap)
-        past_cap = "{2} {busy} >= max_busy_time {3}, "
-        clocks = (*idle, ("busy", busy_since))
-    args = (option, _seconds(timeout), busy, _seconds(config.max_busy_time))
-    if now >= deadline:
-        rule = "max_busy_time" if past_cap else option
-        template = past_cap + "idle {idle} >= {0} {1}"
-        return Decision("kernel", kid, "cull", template, now, deadline, rule, args, clocks)
-    template = past_cap + "idle {idle} of {0} {1}"
-    return Decision("kernel", kid, "keep", template, now, deadline, "", args, clocks)
+        over = Clause("busy_over", subject=busy, limit=cap)
+        past_cap = Reason((over,), (("busy", busy_since),))
+    action = "cull" if now >= deadline else "keep"
+    rule = ("max_busy_time" if past_cap else option) if action == "cull" else ""
+    why = _idle_rule(action, option, timeout, kernel.last_activity, deadline, past_cap)
+    return Decision("kernel", kid, action, why, now, deadline, rule)
 
 
 def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -> Decision:
@@ -283,43 +273,76 @@ def decide_terminal(terminal: TerminalState, config: PolicyConfig, now: float) -
     option = (
         "terminal_idle_timeout" if config.terminal_idle_timeout is not None else "cull_idle_timeout"
     )
-    idle = (("idle", terminal.last_activity),)
-    args = (option, _seconds(timeout), terminal.computing)
     if timeout <= 0:
-        return Decision(
-            "terminal", name, "keep", "{0} is 0: never culled", now, args=args, clocks=idle
-        )
+        why = Reason((Clause("never_culled", rule=option),), (("idle", terminal.last_activity),))
+        return Decision("terminal", name, "keep", why, now)
     if not terminal.seen:
-        return Decision("terminal", name, "keep", "its activity cannot be seen: never culled", now)
+        return Decision("terminal", name, "keep", say("unobserved"), now)
     deadline = terminal.last_activity + timeout
     if terminal.computing_since is not None:
         cap = config.max_busy_time
         if cap <= 0 or now - terminal.computing_since < cap:
             # a silent program in it works (culling would kill it)
-            return Decision(
-                "terminal",
-                name,
-                "keep",
-                "running {2} for {busy}",
-                now,
-                terminal.computing_since + cap if cap > 0 else None,
-                args=args,
-                clocks=(("busy", terminal.computing_since),),
-            )
+            until = terminal.computing_since + cap if cap > 0 else None
+            clause = Clause("running_for", subject=terminal.computing or "")
+            why = Reason((clause,), (("busy", terminal.computing_since),), until)
+            return Decision("terminal", name, "keep", why, now, until)
         deadline = max(deadline, terminal.computing_since + cap)
-    if now >= deadline:
-        return Decision(
-            "terminal", name, "cull", "idle {idle} >= {0} {1}", now, deadline, option, args, idle
-        )
+    action = "cull" if now >= deadline else "keep"
+    why = _idle_rule(action, option, timeout, terminal.last_activity, deadline, None)
     return Decision(
-        "terminal", name, "keep", "idle {idle} of {0} {1}", now, deadline, "", args, idle
+        "terminal", name, action, why, now, deadline, option if action == "cull" else ""
     )
 
 
-def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float, str] | None:
-    """What keeps the server working right now, as (template, since, what), or None; the
-    template's {busy} is the time since then, ``what`` says it in a few words for an indicator
-    ("kernel busy", "process `python train.py` working")."""
+def process_id(pid: int, created: float) -> str:
+    """The id of a process's record: "81@1700000000.12" (pid and start time, as a pid alone is
+    reused); ``process_subject`` reads it."""
+    return f"{pid}@{created:.2f}"
+
+
+def process_subject(source: SourceState) -> str:
+    """A process source for people: "process 81 `python train.py`"."""
+    return f"process {source.id.split('@')[0]} `{source.name}`"
+
+
+def describe_source(source: SourceState) -> Reason:
+    """What a source did or does, for people: "notes.md saved 12 s ago", "rstudio: input 5 s
+    ago", "process 81 `python train.py` at 50 % CPU for 12 s"."""
+    if source.busy_since is not None:
+        clause = Clause("busy_for", subject=_busy_subject(source))
+        return Reason((clause,), (("busy", source.busy_since),))
+    if source.kind == "process":
+        clause = Clause("stopped_working", subject=process_subject(source), detail=source.detail)
+    elif source.kind == "document":
+        clause = Clause("did", subject=source.name, detail=source.detail)
+    else:
+        clause = Clause("active", subject=source.name, detail=source.detail or "active")
+    return Reason((clause,), (("idle", source.last_activity),))
+
+
+class Working(NamedTuple):
+    """What keeps the server working: named for a reason (``subject``: "kernel 3f2a5b1c busy"),
+    since when, in a few words for an indicator (``what``: "kernel busy", "process `python
+    train.py` working"), and its kind for the usage metric (kernel, process, job, extension)."""
+
+    subject: str
+    since: float
+    what: str
+    kind: str
+
+
+def _busy_subject(source: SourceState) -> str:
+    """A busy source named for a reason: "process 81 `python train.py` at 50 % CPU"."""
+    if source.kind == "process":
+        return f"{process_subject(source)} at {source.detail}"
+    if source.kind == "job" and source.detail:
+        return f"{source.name}, {source.detail} busy"
+    return f"{source.name} busy"
+
+
+def working(snapshot: Snapshot, config: PolicyConfig) -> Working | None:
+    """What keeps the server working right now, or None."""
     now = snapshot.now
     cap = config.max_busy_time
 
@@ -331,77 +354,68 @@ def working(snapshot: Snapshot, config: PolicyConfig) -> tuple[str, float, str] 
             continue
         unseen = kernel.unobserved_since
         if unseen is not None and not capped(unseen):
-            what = f"kernel {kernel.id} whose activity cannot be seen, for {{busy}}"
-            return what, unseen, "kernel not observable"
+            subject = f"kernel {kernel.id} whose activity cannot be seen"
+            return Working(subject, unseen, "kernel not observable", "kernel")
         if kernel.busy_since is not None and not capped(kernel.busy_since):
-            return f"kernel {kernel.id} busy for {{busy}}", kernel.busy_since, "kernel busy"
+            return Working(f"kernel {kernel.id} busy", kernel.busy_since, "kernel busy", "kernel")
         if kernel.computing_since is not None and not capped(kernel.computing_since):
-            what = f"kernel {kernel.id} computing ({kernel.computing})"
-            return what + " for {busy}", kernel.computing_since, "kernel computing"
+            subject = f"kernel {kernel.id} computing ({kernel.computing})"
+            return Working(subject, kernel.computing_since, "kernel computing", "kernel")
     for source in snapshot.sources:
         if source.busy_since is None:
             continue
+        subject = _busy_subject(source)
         # a process is capped like a kernel; another extension's source says when it is done
+        if source.kind in ("process", "job") and capped(source.busy_since):
+            continue
         if source.kind == "process":
-            if capped(source.busy_since):
-                continue
-            pid = source.id.split("@")[0]
-            what = f"process {pid} `{source.name}` at {source.detail}"
-            return what + " for {busy}", source.busy_since, f"process `{source.name}` working"
+            what = f"process `{source.name}` working"
+            return Working(subject, source.busy_since, what, "process")
         if source.kind == "job":
-            if capped(source.busy_since):
-                continue
-            detail = f", {source.detail}" if source.detail else ""
-            return f"{source.name}{detail} busy for {{busy}}", source.busy_since, "job running"
-        return f"{source.name} busy for {{busy}}", source.busy_since, f"{source.name} busy"
+            return Working(subject, source.busy_since, "job running", "job")
+        return Working(subject, source.busy_since, f"{source.name} busy", "extension")
     return None
 
 
-def reported_activity(snapshot: Snapshot, config: PolicyConfig) -> float:
-    """The last activity to tell the Hub: now while something works or a keep-alive is in force
-    (so the Hub's own culler respects it too), else the last activity."""
+def reported_activity(snapshot: Snapshot, busy: Working | None) -> float:
+    """The last activity to tell the Hub: now while something works (``busy``) or a keep-alive is
+    in force (so the Hub's own culler respects it too), else the last activity."""
     keepalive = snapshot.keepalive_until is not None and snapshot.keepalive_until > snapshot.now
-    if keepalive or working(snapshot, config) is not None:
+    if keepalive or busy is not None:
         return snapshot.now
     return snapshot.last_activity
 
 
-def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
-    """Shut the server down, warn that it will, or keep it, with the rule that decides."""
+def decide_server(snapshot: Snapshot, config: PolicyConfig, busy: Working | None) -> Decision:
+    """Shut the server down, warn that it will, or keep it, with the rule that decides;
+    ``busy`` is what works (``working``)."""
     now = snapshot.now
-    idle = (("idle", snapshot.last_activity),)
-    last = f", last activity: {snapshot.last_source}" if snapshot.last_source else ""
+    limit = config.server_idle_timeout
+    last: tuple[Clause, ...] = ()
+    if snapshot.last_source:
+        last = (Clause("last_activity", subject=snapshot.last_source),)
     stop_when_done = snapshot.stop_when_done
-    watching = config.server_idle_timeout > 0 or stop_when_done is not None
-    busy = working(snapshot, config) if watching else None
-    # (deadline, rule, template when it fires)
-    candidates: list[tuple[float, str, str]] = []
+    watching = limit > 0 or stop_when_done is not None
+    if not watching:
+        busy = None
+    # (deadline, rule, what it says when it fires)
+    candidates: list[tuple[float, str, tuple[Clause, ...]]] = []
+    fired: tuple[Clause, ...]
     if config.max_server_age > 0:
-        candidates.append(
-            (
-                snapshot.started + config.max_server_age,
-                "max_server_age",
-                "age {age} >= max_server_age {0}",
-            )
-        )
-    if config.server_idle_timeout > 0 and busy is None:
-        deadline = snapshot.last_activity + config.server_idle_timeout
+        fired = (Clause("age_over", limit=config.max_server_age),)
+        candidates.append((snapshot.started + config.max_server_age, "max_server_age", fired))
+    if limit > 0 and busy is None:
+        deadline = snapshot.last_activity + limit
         if snapshot.keepalive_until is not None and snapshot.keepalive_until > deadline:
-            candidates.append(
-                (
-                    snapshot.keepalive_until,
-                    "keepalive",
-                    "keep-alive ended, idle {idle} >= server_idle_timeout {1}",
-                )
-            )
+            fired = (Clause("keepalive_ended", limit=limit),)
+            candidates.append((snapshot.keepalive_until, "keepalive", fired))
         else:
-            candidates.append(
-                (deadline, "server_idle_timeout", "idle {idle} >= server_idle_timeout {1}{2}")
-            )
+            fired = (Clause("idle_over", rule="server_idle_timeout", limit=limit), *last)
+            candidates.append((deadline, "server_idle_timeout", fired))
     waiting_for = ""
-    if config.server_idle_timeout > 0 and busy is None and config.scheduled_run_wait > 0:
+    if limit > 0 and busy is None and config.scheduled_run_wait > 0:
         # a run due soon after the idle shutdown would be lost: wait for it, within the bound
-        idle_deadline = snapshot.last_activity + config.server_idle_timeout
+        idle_deadline = snapshot.last_activity + limit
         for run in snapshot.scheduled:
             due_soon = run.due <= idle_deadline + config.scheduled_run_wait
             if now <= run.due + SCHEDULED_RUN_START and due_soon:
@@ -409,83 +423,61 @@ def decide_server(snapshot: Snapshot, config: PolicyConfig) -> Decision:
                 candidates = [
                     c for c in candidates if c[1] not in ("server_idle_timeout", "keepalive")
                 ]
-                candidates.append(
-                    (
-                        max(idle_deadline, run.due + SCHEDULED_RUN_START),
-                        "scheduled_run_wait",
-                        f"the scheduled run of {_literal(run.name)} did not start, "
-                        "idle {idle} >= server_idle_timeout {1}",
-                    )
+                fired = (
+                    Clause("run_missed", subject=run.name),
+                    Clause("idle_over", rule="server_idle_timeout", limit=limit),
                 )
+                latest = max(idle_deadline, run.due + SCHEDULED_RUN_START)
+                candidates.append((latest, "scheduled_run_wait", fired))
                 break
     if stop_when_done is not None and busy is None:
         # nothing works any more: stop a short while after it ended (or after the request)
         done = max(stop_when_done, snapshot.last_activity) + stop_when_done_delay(config)
         if snapshot.keepalive_until is not None and snapshot.keepalive_until > done:
             done = snapshot.keepalive_until
-        candidates.append((done, "stop_when_done", "stop when done: nothing worked for {idle}"))
-    args: tuple[Any, ...] = (
-        _seconds(config.max_server_age),
-        _seconds(config.server_idle_timeout),
-        last,
+        candidates.append((done, "stop_when_done", (Clause("nothing_worked"),)))
+    clocks: tuple[tuple[str, float], ...] = (
+        ("idle", snapshot.last_activity),
+        ("age", snapshot.started),
     )
-    clocks: tuple[tuple[str, float], ...] = (*idle, ("age", snapshot.started))
     kept_by = ""
+    keep: tuple[Clause, ...] = ()
     if busy is not None:
-        # braces in names (a process's command line) must not be read as fields
-        template, since, kept_by = busy
-        keep = template.replace("{", "{{").replace("}", "}}").replace("{{busy}}", "{busy}")
+        kept_by = busy.what
+        keep = (Clause("busy_for", subject=busy.subject),)
         if stop_when_done is not None:
-            keep += "; stops when it is done"
-        clocks = (*clocks, ("busy", since))
-    elif config.server_idle_timeout <= 0:
-        keep = "server_idle_timeout is 0"
-    else:
-        keep = ""
+            keep += (Clause("stops_when_done"),)
+        clocks = (*clocks, ("busy", busy.since))
+    elif limit <= 0:
+        keep = (Clause("off", rule="server_idle_timeout"),)
     if not candidates:
-        return Decision(
-            "server",
-            "",
-            "keep",
-            keep or "no shutdown rule is on",
-            now,
-            args=args,
-            clocks=clocks,
-            kept_by=kept_by,
-        )
-    deadline, rule, fired = min(candidates)
+        # (with no rule on, server_idle_timeout is 0, which ``keep`` says)
+        why = Reason(keep, clocks)
+        return Decision("server", "", "keep", why, now, kept_by=kept_by)
+    deadline, rule, fired = min(candidates, key=lambda c: (c[0], c[1]))
     lost = [r for r in snapshot.scheduled if r.due > deadline]
-    cancels = "; ".join(f"{r.name} at {r.at} will not run" for r in lost[:3])
+    will_not_run = tuple(Clause("will_not_run", subject=r.name, at=r.at) for r in lost[:3])
+    cancels = Reason(will_not_run).text(now) if will_not_run else ""
+
+    def decision(action: str, *said: Clause) -> Decision:
+        why = Reason(said, clocks, deadline)
+        # what works is named while it keeps the server, not once a rule stops it anyway
+        working_now = kept_by if action == "keep" else ""
+        return Decision("server", "", action, why, now, deadline, rule, working_now, cancels)
+
     if now >= deadline:
-        return Decision(
-            "server", "", "shutdown", fired, now, deadline, rule, args, clocks, cancels=cancels
-        )
+        return decision("shutdown", *fired)
     if config.shutdown_warning > 0 and now >= deadline - config.shutdown_warning:
-        return Decision(
-            "server",
-            "",
-            "warn",
-            "shutting down in {left}: " + rule + (f"; {_literal(cancels)}" if cancels else ""),
-            now,
-            deadline,
-            rule,
-            args,
-            clocks,
-            cancels=cancels,
-        )
+        return decision("warn", Clause("shutting_down_in", rule=rule), *will_not_run)
     if rule == "stop_when_done":
-        template = "stop when done: nothing works, shutting down in {left}"
-    elif rule == "scheduled_run_wait":
-        template = f"waiting for the scheduled run of {_literal(waiting_for)}, shutting down in {{left}} at the latest"
-    elif rule == "keepalive":
-        template = "keep-alive in force, idle {idle}"
-    elif rule == "server_idle_timeout":
-        template = "idle {idle} of server_idle_timeout {1}{2}"
-    else:
-        template = (keep + "; " if keep else "") + "shuts down at max_server_age"
-    return Decision(
-        "server", "", "keep", template, now, deadline, rule, args, clocks, kept_by, cancels
-    )
+        return decision("keep", Clause("nothing_works"))
+    if rule == "scheduled_run_wait":
+        return decision("keep", Clause("waiting_for_run", subject=waiting_for))
+    if rule == "keepalive":
+        return decision("keep", Clause("keepalive"))
+    if rule == "server_idle_timeout":
+        return decision("keep", Clause("idle_of", rule=rule, limit=limit), *last)
+    return decision("keep", *keep, Clause("age_limit"))
 
 
 def horizon(config: PolicyConfig, kernels: tuple[KernelState, ...] = ()) -> float:
@@ -531,7 +523,8 @@ def decide(
             decisions.append(d)
         kernels = tuple(decisions)
     terminals = tuple(decide_terminal(t, config, now) for t in snapshot.terminals)
-    server = decide_server(snapshot, config)
+    busy = working(snapshot, config)
+    server = decide_server(snapshot, config, busy)
     upcoming = [
         d.deadline for d in (*kernels, *terminals) if d.action == "keep" and d.deadline is not None
     ]
@@ -550,5 +543,6 @@ def decide(
         next_check,
         shutdown_at,
         warn_at,
-        reported_activity(snapshot, config),
+        reported_activity(snapshot, busy),
+        busy,
     )

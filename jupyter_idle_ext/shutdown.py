@@ -59,12 +59,12 @@ def held_by() -> list[str]:
 
 
 def running_processes() -> set[tuple[int, float]]:
-    """The processes this one started that run now, as (pid, start time)."""
+    """The processes this one started itself that run now, as (pid, start time)."""
     try:
         import psutil
 
         found = set()
-        for child in psutil.Process().children(recursive=True):
+        for child in psutil.Process().children():
             with contextlib.suppress(psutil.Error):
                 found.add((child.pid, child.create_time()))
         return found
@@ -72,33 +72,43 @@ def running_processes() -> set[tuple[int, float]]:
         return set()
 
 
+def end_processes(processes: list[Any], timeout: float) -> list[Any]:
+    """Terminate ``processes`` (psutil), kill those still running ``timeout`` seconds later;
+    return those."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return list(alive)
+
+
 def end_late_processes(before: set[tuple[int, float]], log: Any) -> list[int]:
-    """End the processes this one started after the stop began (those not in ``before``, what
-    ran then), with their children; return their pids. Such a process (the executor of a
-    notebook job created as the stop came, which the jobs source, already stopped, never saw)
-    would run on after the server, where nobody can see or stop it. A process started before
-    the stop is left as it is: the exit line names it."""
+    """End the processes this one started itself after the stop began (its direct children not
+    in ``before``, what ran then), each with its own children; return their pids. Such a process
+    (the executor of a notebook job created as the stop came, which the jobs source, already
+    stopped, never saw) would run on after the server, where nobody can see or stop it. What ran
+    before the stop, and what those processes start, is left as it is."""
     try:
         import psutil
 
         late = []
-        for child in psutil.Process().children(recursive=True):
+        for child in psutil.Process().children():
             with contextlib.suppress(psutil.Error):
                 if (child.pid, child.create_time()) not in before:
+                    command = " ".join(child.cmdline()) or child.name()
+                    log.warning(
+                        "Ending process %d `%s`: it started after the stop began.",
+                        child.pid,
+                        command[:80],
+                    )
                     late.append(child)
-        for process in late:
-            with contextlib.suppress(psutil.Error):
-                command = " ".join(process.cmdline()) or process.name()
-                log.warning(
-                    "Ending process %d `%s`: it started after the stop began.",
-                    process.pid,
-                    command[:80],
-                )
-                process.terminate()
-        _, alive = psutil.wait_procs(late, timeout=LATE_STOP_TIMEOUT)
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+                    late += child.children(recursive=True)
+        end_processes(late, LATE_STOP_TIMEOUT)
         return [p.pid for p in late]
     except Exception as e:  # the exit goes on whatever happens here
         log.error("Could not end the processes started after the stop began: %s", e)

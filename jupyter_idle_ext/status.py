@@ -14,7 +14,7 @@ from typing import Any
 
 from .activity import ActivityTracker
 from .hub import HubReporter
-from .policy import Plan, PolicyConfig, Snapshot, SourceState
+from .policy import Plan, PolicyConfig, Snapshot, describe_source
 
 # SageMaker's /api/idle format, which platforms that poll it parse
 SAGEMAKER_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"
@@ -22,26 +22,6 @@ SAGEMAKER_FORMAT = "%Y-%m-%dT%H:%M:%S.%fz"
 
 def _round(seconds: float) -> float:
     return round(max(0.0, seconds), 1)
-
-
-def _ago(seconds: float) -> str:
-    return f"{round(max(0.0, seconds))} s ago"
-
-
-def describe_source(source: SourceState, now: float) -> str:
-    """What a source did, for people: "notes.md saved 12 s ago", "rstudio: input 5 s ago"."""
-    pid = source.id.split("@")[0]
-    if source.kind == "process" and source.busy_since is not None:
-        busy_for = round(now - source.busy_since)
-        return f"process {pid} `{source.name}` at {source.detail} for {busy_for} s"
-    if source.busy_since is not None:
-        return f"{source.name} busy for {round(now - source.busy_since)} s"
-    ago = _ago(now - source.last_activity)
-    if source.kind == "process":
-        return f"process {pid} `{source.name}` stopped working {ago} (now {source.detail})"
-    if source.kind == "document":
-        return f"{source.name} {source.detail} {ago}"
-    return f"{source.name}: {source.detail or 'active'} {ago}"
 
 
 def build_status(
@@ -71,6 +51,7 @@ def build_status(
             "shutdown_at": iso(server.deadline),
             "rule": server.rule,
             "reason": server.reason_at(now),
+            "why": server.why.as_json(now),
         }
     keepalive = None
     if snapshot.keepalive_until is not None and snapshot.keepalive_until > now:
@@ -79,8 +60,8 @@ def build_status(
             "seconds_left": _round(snapshot.keepalive_until - now),
         }
     kept_by = None
-    if server.kept_by:
-        since = dict(server.clocks)["busy"]
+    since = server.since("busy")
+    if server.kept_by and since is not None:
         kept_by = {"what": server.kept_by, "busy_seconds": _round(now - since)}
     kernels = []
     for state, decision in zip(snapshot.kernels, plan.kernels):
@@ -103,6 +84,8 @@ def build_status(
                 "remote": state.remote or None,
                 "action": decision.action,
                 "reason": decision.reason_at(now),
+                # the same as data, which the page renders with its durations moving on
+                "why": decision.why.as_json(now),
                 "cull_at": iso(decision.deadline) if decision.action == "keep" else None,
             }
         )
@@ -113,6 +96,7 @@ def build_status(
             "idle_seconds": _round(now - state.last_activity),
             "action": decision.action,
             "reason": decision.reason_at(now),
+            "why": decision.why.as_json(now),
             "cull_at": iso(decision.deadline) if decision.action == "keep" else None,
         }
         for state, decision in zip(snapshot.terminals, plan.terminals)
@@ -125,9 +109,11 @@ def build_status(
             "last_activity": iso(source.last_activity),
             "idle_seconds": _round(now - source.last_activity),
             "busy_seconds": None if source.busy_since is None else _round(now - source.busy_since),
-            "reason": describe_source(source, now),
+            "reason": why.text(now),
+            "why": why.as_json(now),
         }
         for source in sorted(snapshot.sources, key=lambda s: -s.last_activity)
+        for why in (describe_source(source),)
     ]
     hub: dict[str, Any] = {"enabled": reporter is not None, "note": hub_note}
     if reporter is not None:
@@ -152,6 +138,7 @@ def build_status(
             "action": server.action,
             "rule": server.rule or None,
             "reason": server.reason_at(now),
+            "why": server.why.as_json(now),
             "shutdown_at": iso(server.deadline),
             "seconds_to_shutdown": None
             if server.deadline is None

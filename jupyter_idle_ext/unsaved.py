@@ -30,6 +30,10 @@ PAGE_GONE = 90.0
 # a file on disk newer than the version the page loaded by more than this has changed since
 # (JupyterLab's own conflict check allows the same 0.5 s)
 CHANGED_ON_DISK = 0.5
+# at the stop, once every document still unsaved in a page has been saved by another page, the
+# wait for the pages ends this long after: the others' saves now meet "changed on disk", which
+# JupyterLab answers with a dialog no one may be there to click
+SAVED_ELSEWHERE_GRACE = 2.0
 # limits of one report: its pages' documents, and the length of a page id and a path
 MAX_DOCUMENTS = 100
 MAX_NAME = 4096
@@ -121,11 +125,12 @@ def _parse(iso: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def beside(path: str, now: datetime) -> str:
-    """Where a version that must not overwrite ``path`` goes: ``notes.unsaved-<time>.txt``."""
+def beside(path: str, now: datetime, n: int = 1) -> str:
+    """Where a version that must not overwrite ``path`` goes: ``notes.unsaved-<time>.txt``, or
+    ``notes.unsaved-<time>-<n>.txt`` for the n-th in the same second."""
     directory, name = posixpath.split(path)
     stem, dot, extension = name.partition(".") if not name.startswith(".") else (name, "", "")
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    stamp = now.strftime("%Y%m%dT%H%M%SZ") + (f"-{n}" if n > 1 else "")
     return posixpath.join(directory, f"{stem}.unsaved-{stamp}{dot}{extension}")
 
 
@@ -234,13 +239,23 @@ class Unsaved:
         )
         deadline = self.clock() + wait
         while self.documents() and self.clock() < deadline:
+            if self._saved_elsewhere():
+                deadline = min(deadline, self.clock() + SAVED_ELSEWHERE_GRACE)
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(0.5, deadline - self.clock()))
-        for _, drafts in list(self._live().values()):
-            for draft in drafts:
-                await self._save(draft)
+        for page in list(self._live()):
+            for draft in list(self.pages.get(page, (0.0, []))[1]):
+                # a report that came in during an earlier save replaces what it held
+                if any(d is draft for d in self.pages.get(page, (0.0, []))[1]):
+                    await self._save(draft)
         self.pages.clear()
+
+    def _saved_elsewhere(self) -> bool:
+        """Whether each document still unsaved in a page was saved by a page during this stop
+        (another page of the same document: what this one holds then goes beside the file)."""
+        by_pages = {e["path"] for e in self.saved if e["by"] == "page"}
+        return set(self.documents()) <= by_pages
 
     async def _save(self, draft: Draft) -> None:
         if draft.content is None:
@@ -252,7 +267,14 @@ class Unsaved:
             return
         try:
             changed = await self._changed_on_disk(draft)
-            target = beside(draft.path, datetime.now(timezone.utc)) if changed else draft.path
+            target = draft.path
+            if changed:
+                # two pages holding the same file may both be saved beside it in one second
+                now, n = datetime.now(timezone.utc), 1
+                target = beside(draft.path, now)
+                while await ensure_async(self.cm.file_exists(target)):
+                    n += 1
+                    target = beside(draft.path, now, n)
             model = {"type": draft.type, "format": draft.format, "content": draft.content}
             await ensure_async(self.cm.save(model, target))
         except Exception as e:

@@ -198,7 +198,14 @@ export class OpenDocuments implements IDisposable {
           changed = false; // gone from disk: nothing to overwrite
         }
         if (changed) {
-          const target = beside(context.path, new Date());
+          // two pages holding the same file may both save it beside in one second
+          const now = new Date();
+          let n = 1;
+          let target = beside(context.path, now);
+          while (await this._exists(target)) {
+            n += 1;
+            target = beside(context.path, now, n);
+          }
           const { type, format, content } = this._draft(context, true) as any;
           await contents.save(target, { type, format, content });
           saved.push({ path: context.path, saved_as: target, changed_on_disk: true });
@@ -212,6 +219,15 @@ export class OpenDocuments implements IDisposable {
     }
     this.savedAtStop = [...this.savedAtStop, ...saved];
     await this._report(true, saved);
+  }
+
+  private async _exists(path: string): Promise<boolean> {
+    try {
+      await this.app.serviceManager.contents.get(path, { content: false });
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private _onEdit = (event: Event): void => {

@@ -2,7 +2,8 @@
  * Pure functions: what the page says and decides from a status read, with no DOM and no
  * JupyterLab, so that they are unit-tested on their own (test/format.test.ts).
  */
-import type { IRecent, ISaved, IStatus } from './status';
+import reasons from './reasons.json';
+import type { IRecent, ISaved, IStatus, IWhy } from './status';
 
 /** How often the status is read; more often when a shutdown is near, each second at its time. */
 export const POLL_MS = 30_000;
@@ -24,18 +25,22 @@ export function isEditKey(event: {
   return event.key.length === 1 || ['Backspace', 'Delete', 'Enter', 'Tab'].includes(event.key);
 }
 
-/** Where a version that must not overwrite ``path`` goes: "notes.unsaved-<time>.txt" (UTC). */
-export function beside(path: string, now: Date): string {
+/**
+ * Where a version that must not overwrite ``path`` goes: "notes.unsaved-<time>.txt" (UTC), or
+ * "notes.unsaved-<time>-<n>.txt" for the n-th in the same second (as the server names them).
+ */
+export function beside(path: string, now: Date, n = 1): string {
   const slash = path.lastIndexOf('/');
   const directory = path.slice(0, slash + 1);
   const name = path.slice(slash + 1);
   const dot = name.startsWith('.') ? -1 : name.indexOf('.');
   const stem = dot < 0 ? name : name.slice(0, dot);
   const extension = dot < 0 ? '' : name.slice(dot);
-  const stamp = now
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d+Z$/, 'Z');
+  const stamp =
+    now
+      .toISOString()
+      .replace(/[-:]/g, '')
+      .replace(/\.\d+Z$/, 'Z') + (n > 1 ? `-${n}` : '');
   return `${directory}${stem}.unsaved-${stamp}${extension}`;
 }
 
@@ -61,6 +66,45 @@ export function duration(seconds: number): string {
     return `${minutes} min`;
   }
   return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, '0')} min`;
+}
+
+/** A duration as the server's reasons say it: "12 s" (jupyter_idle_ext/reasons.py, seconds). */
+function reasonSeconds(value: number): string {
+  return `${Math.round(Math.max(0, value))} s`;
+}
+
+/**
+ * A reason's text from its ``why``, ``elapsed`` seconds after the read: the server's texts
+ * (reasons.json), with its durations moved on ("idle 12 s" becomes "idle 42 s" 30 s later).
+ */
+export function reasonText(why: IWhy, elapsed: number): string {
+  const phrases: Record<string, string> = reasons.phrases;
+  const joins: Record<string, string> = reasons.joins;
+  const values: Record<string, string> = {};
+  for (const [name, value] of Object.entries(why.seconds ?? {})) {
+    values[name] = reasonSeconds(name === 'left' ? value - elapsed : value + elapsed);
+  }
+  return why.clauses
+    .map((clause, i) => {
+      const fields: Record<string, string> = { ...values };
+      for (const [name, value] of Object.entries(clause)) {
+        fields[name] = String(value);
+      }
+      if (clause.limit !== undefined && clause.limit !== null) {
+        fields.limit = reasonSeconds(clause.limit);
+      }
+      // a field the clause does not have says nothing, as on the server
+      const text = (phrases[clause.says] ?? clause.says).replace(/\{(\w+)\}/g, (_field, name) =>
+        name in fields ? fields[name] : ''
+      );
+      return (i ? (joins[clause.says] ?? '; ') : '') + text;
+    })
+    .join('');
+}
+
+/** A reason as of ``elapsed`` seconds after the read (its text when it has no why). */
+export function reasonOf(said: { reason: string; why?: IWhy }, elapsed: number): string {
+  return said.why ? reasonText(said.why, elapsed) : said.reason;
 }
 
 /** A time of day in the person's locale ("14:05"), or "" for none. */
@@ -89,7 +133,7 @@ export function describe(status: IStatus, elapsed: number): string {
     const keptBy = server.kept_by;
     const kept = keptBy
       ? `${keptBy.what} ${duration(keptBy.busy_seconds + elapsed)}`
-      : server.reason;
+      : reasonOf(server, elapsed);
     return `Kept: ${kept}${status.stop_when_done ? ' · stops when done' : ''}`;
   }
   const when = left === null ? '' : duration(left);
@@ -203,7 +247,7 @@ export function explain(
   status: IStatus,
   elapsed: number
 ): { lines: string[]; sections: [string, string[]][]; rule: string } {
-  const lines = [describe(status, elapsed), `Why: ${status.server.reason}.`];
+  const lines = [describe(status, elapsed), `Why: ${reasonOf(status.server, elapsed)}.`];
   if (status.keepalive) {
     lines.push(`Keep-alive until ${clock(status.keepalive.until)}.`);
   }
@@ -218,12 +262,12 @@ export function explain(
       'Kernels',
       status.kernels.map(
         k =>
-          `${k.name} (${k.id.slice(0, 8)})${k.remote ? ` on the gateway ${k.remote}` : ''}, ${k.execution_state}: ${k.reason}` +
+          `${k.name} (${k.id.slice(0, 8)})${k.remote ? ` on the gateway ${k.remote}` : ''}, ${k.execution_state}: ${reasonOf(k, elapsed)}` +
           (k.cull_at ? `; stopped at ${clock(k.cull_at)} if nothing happens` : '')
       )
     ],
-    ['Terminals', status.terminals.map(t => `${t.name}: ${t.reason}`)],
-    ['Other activity', status.sources.map(s => s.reason)],
+    ['Terminals', status.terminals.map(t => `${t.name}: ${reasonOf(t, elapsed)}`)],
+    ['Other activity', status.sources.map(s => reasonOf(s, elapsed))],
     [
       'Recently',
       status.recent

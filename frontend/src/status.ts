@@ -2,9 +2,27 @@
  * The status document of GET api/idle (jupyter_idle_ext/rest-api.yml), as the page reads it.
  */
 
+/** One thing a reason says (its text in jupyter_idle_ext/reasons.json, by ``says``). */
+export interface IClause {
+  says: string;
+  rule?: string;
+  limit?: number;
+  subject?: string;
+  count?: number;
+  at?: string;
+  detail?: string;
+}
+
+/** Why a decision was made, as data: its clauses and its durations when read (seconds). */
+export interface IWhy {
+  clauses: IClause[];
+  seconds: Record<string, number>;
+}
+
 export interface IDecided {
   action: string;
   reason: string;
+  why?: IWhy;
 }
 
 export interface IKernelStatus extends IDecided {
@@ -29,6 +47,7 @@ export interface ISourceStatus {
   detail: string;
   busy_seconds: number | null;
   reason: string;
+  why?: IWhy;
 }
 
 /** One of the recent actions: a cull, a warning, a stop. */
@@ -64,6 +83,7 @@ export interface IServerStatus {
   action: 'keep' | 'warn' | 'shutdown';
   rule: string | null;
   reason: string;
+  why?: IWhy;
   shutdown_at: string | null;
   seconds_to_shutdown: number | null;
   warning: { shutdown_at: string; rule: string; reason: string } | null;

@@ -18,12 +18,14 @@ import {
   NEAR_POLL_MS,
   POLL_MS,
   pollInterval,
+  reasonText,
   spawnUrl,
   stoppedMessage,
   stoppingSoon,
   warningMessage
 } from '../src/format';
-import type { IServerStatus, IStatus } from '../src/status';
+import type { IServerStatus, IStatus, IWhy } from '../src/status';
+import cases from './reasons.cases.json';
 
 function status(server: Partial<IServerStatus> = {}, rest: Partial<IStatus> = {}): IStatus {
   return {
@@ -98,6 +100,7 @@ test('a version that must not overwrite goes beside the file, stamped in UTC', (
   assert.equal(beside('data.tar.gz', now), 'data.unsaved-20261205T174512Z.tar.gz');
   assert.equal(beside('dir/.bashrc', now), 'dir/.bashrc.unsaved-20261205T174512Z');
   assert.equal(beside('Makefile', now), 'Makefile.unsaved-20261205T174512Z');
+  assert.equal(beside('notes.txt', now, 2), 'notes.unsaved-20261205T174512Z-2.txt');
 });
 
 test('what the stop did with unsaved documents', () => {
@@ -294,4 +297,43 @@ test("the Hub's spawn page of this server, named servers included", () => {
     'https://hub.example.org/jh/hub/spawn/a%40b'
   );
   assert.equal(spawnUrl({ ...hub, hubUser: '' }), '/hub/spawn');
+});
+
+test("reasons read as the server's own, their durations moving on after the read", () => {
+  // written by tests/test_reasons.py from the policy's decisions: one case per text and more
+  assert.ok(cases.length > 40);
+  for (const c of cases) {
+    assert.equal(reasonText(c.why as IWhy, c.elapsed), c.text, c.name);
+  }
+});
+
+test('the panel renders each decision from its why, counted to now', () => {
+  const s = status(
+    {
+      reason: 'idle 60 s of server_idle_timeout 3600 s',
+      why: {
+        clauses: [{ says: 'idle_of', rule: 'server_idle_timeout', limit: 3600 }],
+        seconds: { idle: 60, left: 3540 }
+      }
+    },
+    {
+      kernels: [
+        {
+          id: '3f2a5b1c-0000',
+          name: 'python3',
+          execution_state: 'busy',
+          idle_seconds: 0,
+          busy_seconds: 5,
+          connections: 1,
+          cull_at: null,
+          action: 'keep',
+          reason: 'busy for 5 s',
+          why: { clauses: [{ says: 'busy_for', subject: 'busy' }], seconds: { busy: 5 } }
+        }
+      ]
+    }
+  );
+  const panel = explain(s, 30);
+  assert.equal(panel.lines[1], 'Why: idle 90 s of server_idle_timeout 3600 s.');
+  assert.deepEqual(panel.sections[0], ['Kernels', ['python3 (3f2a5b1c), busy: busy for 35 s']]);
 });

@@ -11,20 +11,29 @@ running cell, completion and inspection count; ``kernel_info``/``comm_info`` and
 bursts do not. The busy period comes from the status messages a tracked request causes.
 
 While no tab is connected nothing is relayed: then the gateway's ``execution_state`` (polled
-with the kernel's liveness, see ``kernels.py``) says whether a cell still runs. Open connections
-are counted at the relay, one per tab of this server (the gateway's count includes its other
-clients).
+with the kernel's liveness, see ``kernels.py``) says whether a cell still runs. Enterprise Gateway
+(jupyter_server 1.x) takes that state from every status message, so a request on the control
+channel answered while a cell runs (a debugger's, the gateway's own ``kernel_info`` at connect)
+leaves its model saying "idle" until the cell ends. The relay sees those messages too: when the
+gateway's state was already "idle" while the busy period ran, its "idle" ends that period only
+once its ``last_activity`` shows a message after the last one relayed (a cell's end), with a
+margin for the two machines' clocks that errs to busy. Open connections are counted at the
+relay, one per tab of this server (the gateway's count includes its other clients).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, Callable
 
 from ..activity import ActivityTracker
 from ..compat import Capabilities, observe_gateway_relay
 
 _DECODER = json.JSONDecoder()
+# how far the gateway's clock may run ahead of this server's: a gateway message this much after
+# the last one relayed is taken as new (a later one ends a busy period, see ``polled``)
+CLOCK_MARGIN = 1.0
 
 
 def message_types(raw: str | bytes) -> tuple[str, str | None, str | None, str | None]:
@@ -75,6 +84,10 @@ class GatewayRelay:
         self.open: dict[str, int] = {}
         # each kernel's state as its relayed status messages tell it
         self.states: dict[str, str] = {}
+        # each kernel's state as the gateway's own model has it (the last status relayed, of any
+        # request), and when (wall clock) the last message was relayed
+        self.gateway_states: dict[str, str] = {}
+        self.last_relayed: dict[str, float] = {}
         track = getattr(kernel_manager, "track_message_type", None)
         self.track: Callable[[str | None], bool] = (
             track if callable(track) else (lambda msg_type: True)
@@ -96,6 +109,9 @@ class GatewayRelay:
         channel, msg_type, parent_type, state = message_types(raw)
         if channel != "iopub" or msg_type is None:
             return
+        self.last_relayed[kernel_id] = self.tracker.wall_clock()
+        if state is not None:
+            self.gateway_states[kernel_id] = state
         if state is not None and self.track(parent_type):
             self.set_state(kernel_id, state)  # both ends of a busy period are activity
         elif (
@@ -115,14 +131,39 @@ class GatewayRelay:
             # the end of a busy period; a first "idle" (starting, a first poll) is not activity
             self.tracker.set_busy("kernel", kernel_id, False)
 
-    def polled(self, kernel_id: str, state: str | None) -> None:
+    def polled(
+        self, kernel_id: str, state: str | None, last_activity: datetime | None = None
+    ) -> None:
         """The gateway's model was read: with no tab connected, its state is all there is."""
-        if self.open.get(kernel_id, 0) == 0 and state in ("busy", "idle"):
-            self.set_state(kernel_id, state)
+        if self.open.get(kernel_id, 0) or state not in ("busy", "idle"):
+            return
+        if (
+            state == "idle"
+            and self.states.get(kernel_id) == "busy"
+            and self.gateway_states.get(kernel_id) == "idle"
+            and not self._newer(kernel_id, last_activity)
+        ):
+            # the model said "idle" already while the cell ran, and nothing came since the tab
+            # left: the cell still runs, as far as anyone can tell
+            return
+        self.set_state(kernel_id, state)
+
+    def _newer(self, kernel_id: str, last_activity: datetime | None) -> bool:
+        """Whether the gateway had a message from the kernel after the last one relayed (not
+        known: no)."""
+        seen = self.last_relayed.get(kernel_id)
+        if seen is None or last_activity is None:
+            return False
+        try:
+            return last_activity.timestamp() > seen + CLOCK_MARGIN
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            return False
 
     def forget(self, kernel_id: str) -> None:
         self.open.pop(kernel_id, None)
         self.states.pop(kernel_id, None)
+        self.gateway_states.pop(kernel_id, None)
+        self.last_relayed.pop(kernel_id, None)
 
     def _observe(self, connection_class: type) -> type:
         relay = self

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import psutil
 
 from ..activity import ActivityTracker
-from ..policy import SCHEDULED_RUN_START, ScheduledRun
+from ..policy import SCHEDULED_RUN_START, ScheduledRun, process_id
+from ..shutdown import end_processes
 from . import BaseSource, Context
 from .processes import JobKernel
 
@@ -297,7 +298,7 @@ class JobKernels(BaseSource):
 
     @staticmethod
     def _id(kernel: JobKernel) -> str:
-        return f"{kernel.pid}@{kernel.created:.2f}"
+        return process_id(kernel.pid, kernel.created)
 
     def _job_record(self, pid: int) -> Any:
         if self.scheduler is None:
@@ -392,17 +393,22 @@ class JobKernels(BaseSource):
     async def stop(self) -> None:
         """Stop every job this server started: through jupyter-scheduler where it runs them
         (so its record says STOPPED), then end each job kernel and the processes that ran it."""
+        # a job created since the last scan (as the stop came) is stopped too
+        self._jobs_starting()
         followed, self.followed = list(self.followed.values()), {}
         starting, self.starting = dict(self.starting), {}
         for job in followed:
             if job.task is not None:
                 job.task.cancel()
         for job_id, name in starting.items():
-            # no kernel yet: the scheduler ends the job's process itself (once its record says
-            # IN_PROGRESS); an executor still starting is ended here, its record marked STOPPED
+            # no kernel followed yet: the scheduler ends the job's process itself (once its
+            # record says IN_PROGRESS), but not what that process started; what runs is ended
+            # here and the record marked STOPPED, whichever state the job had reached
             try:
+                processes = self._executor_tree(job_id)
                 self.scheduler.stop_job(job_id)
-                await self._stop_starting_executor(job_id)
+                await _end(processes)
+                self._mark_stopped(job_id)
                 self.log.warning("Stopped %s as it started (jupyter-scheduler's job).", name)
             except Exception as e:
                 self.log.error("Could not stop %s through jupyter-scheduler: %s", name, e)
@@ -430,43 +436,40 @@ class JobKernels(BaseSource):
                 ", ".join(f"pid {p.pid}" for p in alive),
             )
 
-    async def _stop_starting_executor(self, job_id: str) -> None:
-        from jupyter_scheduler.models import Status
+    def _executor_tree(self, job_id: str) -> list[psutil.Process]:
+        """A job's executor process, if this server started it and it runs, with its children."""
         from jupyter_scheduler.orm import Job
 
         with self.scheduler.db_session() as session:
             job = session.query(Job).filter(Job.job_id == job_id).first()
             pid = job.pid if job is not None else None
         if not self._executor_alive(pid):
-            return
+            return []
         executor = psutil.Process(pid)
         processes = [executor]
         with contextlib.suppress(psutil.Error):
             processes += executor.children(recursive=True)
-        await _end(processes)
+        return processes
+
+    def _mark_stopped(self, job_id: str) -> None:
+        """The record of a job the stop ended says STOPPED (not one that ended by itself)."""
+        from jupyter_scheduler.models import Status
+        from jupyter_scheduler.orm import Job
+
         with self.scheduler.db_session() as session:
-            session.query(Job).filter(Job.job_id == job_id).update(
-                {
-                    "status": Status.STOPPED,
-                    "status_message": "stopped by the idle shutdown as it started",
-                }
+            session.query(Job).filter(
+                Job.job_id == job_id, Job.status.notin_([Status.COMPLETED, Status.FAILED])
+            ).update(
+                {"status": Status.STOPPED, "status_message": "stopped by the idle shutdown"},
+                synchronize_session=False,
             )
             session.commit()
 
 
 async def _end(processes: list[psutil.Process]) -> list[psutil.Process]:
     """Terminate ``processes``, kill those still running STOP_TIMEOUT later; return those."""
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
     loop = asyncio.get_running_loop()
-    _, alive = await loop.run_in_executor(
-        None, lambda: psutil.wait_procs(processes, timeout=STOP_TIMEOUT)
-    )
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    return list(alive)
+    return await loop.run_in_executor(None, end_processes, processes, STOP_TIMEOUT)
 
 
 def make(context: Context) -> JobKernels | None:

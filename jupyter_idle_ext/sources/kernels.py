@@ -273,7 +273,11 @@ class KernelWatcher(BaseSource):
         # a kernel the gateway no longer has leaves the model empty
         alive = alive and bool(getattr(kernel, "has_kernel", True))
         if alive and self.gateway is not None:
-            self.gateway.polled(kernel_id, getattr(kernel, "execution_state", None))
+            self.gateway.polled(
+                kernel_id,
+                getattr(kernel, "execution_state", None),
+                getattr(kernel, "last_activity", None),
+            )
         return alive
 
     def _confirm(self, kernel_id: str, kernel: Any, now: float) -> None:

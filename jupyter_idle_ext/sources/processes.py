@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from ..activity import ActivityTracker
+from ..policy import process_id
 from . import BaseSource, Context
 from .gpus import Gpus, load_nvml
 
@@ -332,7 +333,7 @@ class ProcessWatcher(BaseSource):
             tracked = self.tracked.pop(key)
             if tracked.working:
                 self._stopped(key, tracked, "ended")
-            self.tracker.remove("process", _record_id(key))
+            self.tracker.remove("process", process_id(*key))
 
     def _job_kernels(self, result: ScanResult, owners: dict[int, Any]) -> dict[int, JobKernel]:
         """Our kernels that no kernel manager of this server runs, with what started them."""
@@ -394,7 +395,7 @@ class ProcessWatcher(BaseSource):
             and (cpu_on or gpu_on or (tracked.working and (cpu_held or gpu_held)))
         )
         detail = describe_use(cpu, sample.gpu)
-        record_id = _record_id(key)
+        record_id = process_id(*key)
         if working and not tracked.working:
             tracked.working = True
             self.tracker.set_busy("process", record_id, True, name=tracked.command)
@@ -414,7 +415,7 @@ class ProcessWatcher(BaseSource):
 
     def _stopped(self, key: tuple[int, float], tracked: Tracked, how: str) -> None:
         tracked.working = False
-        self.tracker.set_busy("process", _record_id(key), False, name=tracked.command)
+        self.tracker.set_busy("process", process_id(*key), False, name=tracked.command)
         self.log.info("Process %d `%s` %s.", tracked.pid, tracked.command, how)
         self._set_owner_computing(tracked)
 
@@ -461,10 +462,6 @@ def describe_use(cpu: float, gpu: float | None) -> str:
     if gpu:
         text += f", {round(gpu)} % GPU"
     return text
-
-
-def _record_id(key: tuple[int, float]) -> str:
-    return f"{key[0]}@{key[1]:.2f}"
 
 
 def _lineage(
