@@ -96,7 +96,7 @@ apt_install() {
 }
 
 # Jupyter Enterprise Gateway, as the separate service it is: 3.3.0 pins jupyter_server 1.x and
-# jupyter_client 6, so it cannot share a venv with the server under test (tests/gateway.py)
+# jupyter_client 6, so it cannot share a venv with the server under test (Gateway in jupyter_idle_ext/pytest_plugin.py)
 GATEWAY_VENV="$ROOT/.venv-gateway"
 GATEWAY=("jupyter_enterprise_gateway==3.3.0" "ipykernel<6.30" "jupyter_client<7" "pyzmq<25")
 install_gateway() {

@@ -20,10 +20,16 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import wait_for
-from servers import TOKEN, ServerProcess, require, wait_until
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from jupyter_idle_ext.pytest_plugin import (
+    EXIT_SLACK,
+    TOKEN,
+    ServerProcess,
+    require,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.apps, pytest.mark.timeout(120)]
 
@@ -74,8 +80,23 @@ def app_record(app: Any, name: str) -> Any:
 
 
 async def websocket(jp_serverapp: Any, jp_http_port: int, path: str) -> Any:
+    """A websocket to a proxied app, once the proxy is through to the app (its first heartbeat
+    came): the proxy reads no client message before that, the app may still be starting."""
     url = f"ws://127.0.0.1:{jp_http_port}{jp_serverapp.base_url}{path}"
-    return await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {TOKEN}"}))
+    ws = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {TOKEN}"}))
+    first = await asyncio.wait_for(ws.read_message(), 30)
+    assert first.startswith("heartbeat"), first
+    return ws
+
+
+async def roundtrip(ws: Any, message: str | bytes) -> None:
+    """Send ``message`` to the stand-in app and wait for its echo: the proxy has then handled it
+    (and counted it or not), whatever the load."""
+    binary = isinstance(message, bytes)
+    await ws.write_message(message, binary=binary)
+    echo = message if binary else f"got {message}"
+    while (reply := await asyncio.wait_for(ws.read_message(), 30)) != echo:
+        assert reply is not None, "the websocket closed"
 
 
 @pytest.fixture
@@ -89,10 +110,12 @@ async def test_what_counts_through_the_proxy(
     tracker = idle_app.tracker
 
     async def counted(name: str, act: Any) -> bool:
+        # act() returns once the proxy has handled what it sent (a response, an echo), so the
+        # answer is known then: no waiting, and a "not counted" cannot pass for a message the
+        # proxy has not seen yet
         record = app_record(idle_app, name)
         before = record.last_activity if record else None
         await act()
-        await asyncio.sleep(0.3)
         after = app_record(idle_app, name)
         return after is not None and after.last_activity != before
 
@@ -115,19 +138,16 @@ async def test_what_counts_through_the_proxy(
     await asyncio.sleep(0.3)
     assert tracker.last_activity == before, "the app's heartbeat or a ping counted"
 
-    async def send(ws: Any, message: str | bytes) -> None:
-        await ws.write_message(message, binary=isinstance(message, bytes))
-
-    assert await counted("standin", lambda: send(standin, "print('hi')"))
+    assert await counted("standin", lambda: roundtrip(standin, "print('hi')"))
 
     # the known clients' own keep-alives do not count, their users' input does
     vscode = await websocket(jp_serverapp, jp_http_port, "vscode/ws")
-    assert not await counted("vscode", lambda: send(vscode, VSCODE_KEEPALIVE))
-    assert not await counted("vscode", lambda: send(vscode, VSCODE_ACK + VSCODE_KEEPALIVE))
-    assert await counted("vscode", lambda: send(vscode, VSCODE_REGULAR))
+    assert not await counted("vscode", lambda: roundtrip(vscode, VSCODE_KEEPALIVE))
+    assert not await counted("vscode", lambda: roundtrip(vscode, VSCODE_ACK + VSCODE_KEEPALIVE))
+    assert await counted("vscode", lambda: roundtrip(vscode, VSCODE_REGULAR))
     rstudio = await websocket(jp_serverapp, jp_http_port, "rstudio/ws")
-    assert not await counted("rstudio", lambda: send(rstudio, "b"))
-    assert await counted("rstudio", lambda: send(rstudio, "als -la\r"))
+    assert not await counted("rstudio", lambda: roundtrip(rstudio, "b"))
+    assert await counted("rstudio", lambda: roundtrip(rstudio, "als -la\r"))
 
     doc = json.loads((await jp_fetch("api", "idle", method="GET")).body)
     reasons = {s["name"]: s["reason"] for s in doc["sources"] if s["kind"] == "app"}
@@ -147,11 +167,10 @@ async def test_patterns_of_an_app_of_ones_own(
 ) -> None:
     await jp_fetch("standin", "input", method="POST", body="{}")
     ws = await websocket(jp_serverapp, jp_http_port, "standin/ws")
-    await ws.write_message("ping")
-    await asyncio.sleep(0.5)
+    await roundtrip(ws, "ping")
     assert app_record(idle_app, "standin") is None
-    await ws.write_message("real input")
-    await wait_for(lambda: app_record(idle_app, "standin") is not None, 5)
+    await roundtrip(ws, "real input")
+    assert app_record(idle_app, "standin") is not None
     ws.close()
 
 
@@ -246,7 +265,7 @@ def test_input_keeps_the_server_the_apps_heartbeat_does_not_and_the_app_is_stopp
     assert server.wait_exit(30) == 0
     after = time.monotonic() - client.last_input
     client.stop.set()
-    assert 9 <= after < 10 + 4, after
+    assert 9 <= after < 10 + EXIT_SLACK, after
     assert client.heartbeats > heartbeats + 10, "the app stopped pushing: the control is void"
     log = server.log()
     assert "Counting as activity:" in log and "jupyter-server-proxy (rstudio, standin" in log
@@ -278,9 +297,10 @@ def test_an_idle_app_with_its_clients_keepalives_lets_the_server_stop(tmp_path: 
     wait_until(lambda: (pids / "rstudio.pid").exists() and (pids / "vscode.pid").exists(), 30)
     code = server.wait_exit(40)
     stop.set()
-    took = time.monotonic() - server.started
+    exited = time.monotonic()
     assert code == 0
-    assert 10 <= took < 10 + 8, took
+    assert exited - server.started >= 10, exited - server.started
+    assert exited - server.ready_at < 10 + 8, exited - server.ready_at
     assert rstudio.heartbeats > 5 and vscode.heartbeats > 5
     for name in ("rstudio", "vscode"):
         assert process_gone(int((pids / f"{name}.pid").read_text())), name

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub import find_chp
-from servers import on_ci
+
+from jupyter_idle_ext.pytest_plugin import find_chp, on_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"

@@ -17,8 +17,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess, wait_until
+
+from jupyter_idle_ext.pytest_plugin import (
+    TOKEN,
+    ServerProcess,
+    lab_server,
+    launch,
+    playwright_and_chromium,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,12 +92,13 @@ class Tab:
         if not self.server.running:
             return None
         try:
-            status, models = self.server.request("GET", "/api/kernels", track=False, timeout=5)
+            models = self.server.kernel_models()
         except OSError:
             return None
-        if status != 200 and not self.server.running:
-            return None  # answered while stopping
-        assert status == 200, (status, models)
+        except AssertionError:
+            if not self.server.running:
+                return None  # answered while stopping
+            raise
         return [m["id"] for m in models]
 
     def polls_between(self, start: float, end: float) -> list[str]:
@@ -137,8 +145,7 @@ def run_cell(tab: Tab) -> None:
 
 def kernel_ready(tab: Tab) -> bool:
     """The tab's kernel has started and the tab is connected to it (asked without activity)."""
-    status, models = tab.server.request("GET", "/api/kernels", track=False)
-    assert status == 200, (status, models)
+    models = tab.server.kernel_models()
     ready = [m for m in models if m["execution_state"] == "idle" and m["connections"] >= 1]
     if ready:
         tab.kernel_id = ready[0]["id"]

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from servers import ServerProcess, wait_until
 from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_idle_ext.app import IdleExtension
 from jupyter_idle_ext.options import Seconds, env_name
 from jupyter_idle_ext.policy import PolicyConfig
+from jupyter_idle_ext.pytest_plugin import ServerProcess, wait_until
 
 NAN = math.nan
 INF = math.inf

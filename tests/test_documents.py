@@ -11,10 +11,10 @@ import os
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 
 from jupyter_idle_ext.metrics import ACTIVITY
+from jupyter_idle_ext.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

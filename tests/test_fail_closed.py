@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import ServerProcess, wait_until
+
+from jupyter_idle_ext.pytest_plugin import ServerProcess, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

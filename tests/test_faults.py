@@ -19,13 +19,20 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import kernel_exists, ready_client, run, start_kernel
 from jupyter_server.services.kernels import kernelmanager
-from servers import ServerProcess, execute_over_zmq, wait_until
 
 from jupyter_idle_ext.activity import ActivityTracker, snapshot
 from jupyter_idle_ext.options import IdleOptions
-from jupyter_idle_ext.policy import KernelState, decide, reported_activity
+from jupyter_idle_ext.policy import KernelState, decide
+from jupyter_idle_ext.pytest_plugin import (
+    ServerProcess,
+    execute_over_zmq,
+    kernel_exists,
+    ready_client,
+    run,
+    start_kernel,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -211,7 +218,7 @@ def test_wall_clock_jumps_cull_nothing_early(jump: float) -> None:
     clocks.advance(1)
     assert plan().kernels[0].action == "cull"
     # reported timestamps follow today's wall clock and are never ahead of it
-    stamp = tracker.isoformat(reported_activity(plan_snapshot(tracker), config))
+    stamp = tracker.isoformat(decide(plan_snapshot(tracker), config).reported_activity)
     assert stamp <= tracker.isoformat(clocks.mono)
     assert stamp != before
 

@@ -20,8 +20,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import INDICATOR, browsers, lab_server, open_page
-from servers import ServerProcess, require, wait_until
+
+from jupyter_idle_ext.pytest_plugin import (
+    INDICATOR,
+    ServerProcess,
+    browsers,
+    lab_server,
+    open_page,
+    require,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
 
@@ -126,9 +134,10 @@ def test_a_tab_left_alone_is_told_everything_and_still_lets_the_server_stop(
                     re.compile(r"Kernel python3 of idle\.ipynb was stopped at")
                 ).first.wait_for(timeout=(cull + 20) * 1000)
                 assert "because it was idle" in page.locator(".Toastify").inner_text()
-            # the toast shows a few lines; its "Details" shows the whole message
+            # the toast shows a few lines; its "Details" shows the whole message (the two pages
+            # opening the notebook at once may have started a kernel each: a notice per cull)
             notice = lab.locator(".Toastify__toast", has_text="Kernel python3 of idle.ipynb")
-            notice.get_by_role("button", name="Details").click()
+            notice.first.get_by_role("button", name="Details").click()
             dialog = lab.locator(".jp-Dialog")
             dialog.wait_for(timeout=10_000)
             text = dialog.inner_text()
@@ -238,7 +247,7 @@ def test_a_kernel_on_a_gateway_is_named_remote_in_the_panel_and_at_its_cull(
 ) -> None:
     """S18 in the page: a notebook's kernel runs on a real Kernel Gateway; the indicator's panel
     says where it runs, and so does the notice when it is culled."""
-    from gateway import Gateway
+    from jupyter_idle_ext.pytest_plugin import Gateway
 
     cull = 15
     gateway = Gateway(tmp_path, "kernel")
@@ -284,7 +293,7 @@ def test_under_jupyterhub_start_my_server_again_spawns_this_named_server(tmp_pat
     """A named server under a real JupyterHub stops for idleness with its page open; the page
     says so, and its "Start my server again" goes to the Hub's spawn page of this server
     (``hub/spawn/<user>/<server>``), which starts it again."""
-    from hub import hub_factory
+    from jupyter_idle_ext.pytest_plugin import hub_factory
 
     require_installed_frontend()
     timeout = 30

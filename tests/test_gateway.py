@@ -12,15 +12,23 @@ whose kernels cannot be followed never has them culled, and they keep the server
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from gateway import Gateway, KernelSocket
-from servers import ServerProcess, wait_until
+from jupyter_server.gateway.connections import GatewayWebSocketConnection
+
+from jupyter_idle_ext.activity import ActivityTracker
+from jupyter_idle_ext.compat import Capabilities
+from jupyter_idle_ext.pytest_plugin import Gateway, KernelSocket, ServerProcess, wait_until
+from jupyter_idle_ext.sources.gateway import CLOCK_MARGIN, GatewayRelay
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -115,6 +123,11 @@ def test_a_silent_busy_remote_cell_keeps_kernel_and_server_after_its_tab_closed(
     # the cell has started (under load the gateway may relay it seconds later; closed before,
     # the tab would leave an idle kernel, rightly culled)
     tab.wait_reply(msg_id, "execute_input", 60)
+    # a request on the control channel, answered while the cell runs (JupyterLab's debugger sends
+    # them; a gateway's own connect sends kernel_info there): its status "idle" leaves Enterprise
+    # Gateway's model saying "idle" with the cell still running
+    info = tab.send("kernel_info_request", {}, channel="control")
+    tab.wait_reply(info, "status", 60, state="idle")
     time.sleep(1)
     tab.close()  # nothing is relayed any more: only the gateway's model shows the cell runs
     started = time.monotonic()
@@ -202,3 +215,50 @@ def test_kernels_that_cannot_be_followed_are_never_culled_and_keep_the_server_to
     assert log.count("cannot be followed") == 1
     assert "Culling" not in log
     assert "Shutting down the server" in log
+
+
+def test_the_gateways_stale_idle_does_not_end_a_busy_period_after_the_tab_left() -> None:
+    """The relay's rule for Enterprise Gateway's model (which takes its state from every status):
+    after the tab left, an "idle" the gateway had already shown while the cell ran ends the busy
+    period only once its last_activity is clearly after the last message relayed."""
+    wall = [1_000_000.0]
+    tracker = ActivityTracker(wall_clock=lambda: wall[0])
+    web_app = SimpleNamespace(
+        settings={"kernel_websocket_connection_class": GatewayWebSocketConnection}
+    )
+    km = SimpleNamespace(track_message_type=lambda t: t not in ("kernel_info_request", None))
+    relay = GatewayRelay(web_app, km, tracker, Capabilities(None), logging.getLogger("test"))
+
+    def status(state: str, parent: str) -> str:
+        return json.dumps(
+            {
+                "header": {"msg_type": "status"},
+                "parent_header": {"msg_type": parent},
+                "content": {"execution_state": state},
+                "channel": "iopub",
+            }
+        )
+
+    def at(seconds_after_relay: float) -> datetime:
+        return datetime.fromtimestamp(wall[0] + seconds_after_relay, timezone.utc)
+
+    def busy(kernel_id: str) -> bool:
+        return tracker.records[("kernel", kernel_id)].busy_since is not None
+
+    # a cell runs, and a control request is answered meanwhile: the gateway's model says "idle"
+    relay.relayed("k", status("busy", "execute_request"))
+    relay.relayed("k", status("busy", "kernel_info_request"))
+    relay.relayed("k", status("idle", "kernel_info_request"))
+    assert busy("k")
+    relay.polled("k", "idle", at(0))  # the model read with no tab: that same "idle"
+    assert busy("k")
+    relay.polled("k", "idle", at(CLOCK_MARGIN / 2))  # within the clocks' margin: still that one
+    assert busy("k")
+    relay.polled("k", "idle", at(CLOCK_MARGIN + 5))  # a message after the tab left: the cell's end
+    assert not busy("k")
+
+    # with no stray status while the cell ran, the model's "idle" is the cell's end at once
+    relay.relayed("j", status("busy", "execute_request"))
+    relay.polled("j", "idle", at(0))
+    assert not busy("j")
+    relay.close()

@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hub import SELF_STOP_SERVER_TOKEN_SCOPES, STATUS_TOKEN, Hub, hub_factory, utcnow
-from servers import wait_until
+
+from jupyter_idle_ext.pytest_plugin import (
+    SELF_STOP_SERVER_TOKEN_SCOPES,
+    STATUS_TOKEN,
+    Hub,
+    hub_factory,
+    utcnow,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 

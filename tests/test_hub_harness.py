@@ -1,4 +1,4 @@
-"""The real-JupyterHub harness (tests/hub.py) works, and what JupyterHub does without our reporter.
+"""The real-JupyterHub harness (``Hub`` in jupyter_idle_ext/pytest_plugin.py) works, and what JupyterHub does without our reporter.
 
 The first tests prove the harness: servers (default and named) start through the Hub, cells run
 on kernels through the proxy, the Hub's REST API shows their last_activity, a server token with
@@ -20,14 +20,15 @@ from typing import Callable
 
 import psutil
 import pytest
-from hub import (
+
+from jupyter_idle_ext.pytest_plugin import (
     SELF_STOP_SERVER_TOKEN_SCOPES,
     Hub,
     hub_factory,
     require_chp,
     utcnow,
+    wait_until,
 )
-from servers import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,9 +42,9 @@ def start_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
 def test_missing_proxy_skips_locally_and_fails_under_ci(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hub as hub_module
+    from jupyter_idle_ext import pytest_plugin
 
-    monkeypatch.setattr(hub_module, "CHP_CANDIDATES", ())
+    monkeypatch.setattr(pytest_plugin, "chp_candidates", lambda: ())
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):

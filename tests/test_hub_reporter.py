@@ -12,13 +12,13 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from jupyter_idle_ext.activity import ActivityTracker
 from jupyter_idle_ext.hub import HubEnvironment, HubReporter
+from jupyter_idle_ext.pytest_plugin import wait_for
 
 TOKEN = "hub-secret-token-9c1e"
 

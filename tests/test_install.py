@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import free_port
+
+from jupyter_idle_ext.pytest_plugin import free_port
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -97,7 +98,9 @@ def test_sdist_contains_tests_and_config(dist: Path) -> None:
         "setup.cfg",
         "jupyter-config/jupyter_server_config.d/jupyter_idle_ext.json",
         "tests/conftest.py",
-        "tests/servers.py",
+        "tests/test_reasons.py",
+        "jupyter_idle_ext/reasons.json",
+        "frontend/test/reasons.cases.json",
         "tests/test_install.py",
     ):
         assert path in names, f"{path} missing from {sdist.name}"
@@ -113,6 +116,9 @@ def test_wheel_carries_the_config_as_data(dist: Path) -> None:
     assert any(n.endswith(labextension + "package.json") for n in names), names
     assert any(labextension + "static/remoteEntry." in n for n in names), names
     assert any(labextension + "install.json" in n for n in names), names
+    # the texts of the reasons, which the server reads at import, and the test harness
+    assert "jupyter_idle_ext/reasons.json" in names, names
+    assert "jupyter_idle_ext/pytest_plugin.py" in names, names
 
 
 def test_wheel_install_enables_the_extension(installed: tuple[Path, dict[str, str]]) -> None:

@@ -11,10 +11,19 @@ import time
 from typing import Any
 
 import pytest
-from conftest import IN_PROCESS, _gone, kernel_exists, ready_client, run, start_kernel, wait_for
 from jupyter_client.kernelspec import KernelSpecManager
 
 from jupyter_idle_ext.policy import DEAD_KERNEL_GRACE
+from jupyter_idle_ext.pytest_plugin import (
+    IN_PROCESS,
+    culled_at,
+    kernel_exists,
+    kernel_gone,
+    ready_client,
+    run,
+    start_kernel,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +41,7 @@ async def test_idle_kernel_is_culled_at_its_timeout(idle_app: Any, jp_fetch: Any
     ran = time.monotonic()
     # on a real server (also the oldest jupyter_server we claim), nothing we borrow is missing
     assert idle_app.capabilities.lost == {}, idle_app.capabilities.lost
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
     gone_after = time.monotonic() - ran
     # culled at cull_idle_timeout (3 s) after the last execution, not cull_interval (300 s) later
     assert 2.5 < gone_after < 6, gone_after
@@ -48,7 +57,7 @@ async def test_silent_busy_kernel_is_never_culled(idle_app: Any, jp_fetch: Any) 
     assert await kernel_exists(jp_fetch, kernel_id), "a busy kernel was culled"
     await cell
     ended = time.monotonic()
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
     assert time.monotonic() - ended > 2.5, "the idle clock must start when the cell ends"
     client.stop_channels()
 
@@ -69,7 +78,7 @@ async def test_background_thread_output_is_activity(idle_app: Any, jp_fetch: Any
     await asyncio.sleep(7)
     assert await kernel_exists(jp_fetch, kernel_id), "culled while its thread was printing"
     assert record(idle_app, kernel_id).busy_since is None
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
     client.stop_channels()
 
 
@@ -79,21 +88,22 @@ async def test_kernel_info_and_reconnects_are_not_activity(
     """S6: reloads, reconnects and kernel_info/comm_info requests never reset the idle clock."""
     kernel_id = await start_kernel(jp_fetch)
     client = await ready_client(idle_app, kernel_id)
-    await run(client, "x = 1")
-    ran = time.monotonic()
-    while await kernel_exists(jp_fetch, kernel_id):
-        assert time.monotonic() - ran < 8, "reconnects and kernel_info kept an idle kernel"
-        try:
-            ws = await asyncio.wait_for(jp_ws_fetch("api", "kernels", kernel_id, "channels"), 2)
+    with culled_at(idle_app, kernel_id) as culled:
+        await run(client, "x = 1")
+        ran = time.monotonic()
+        while await kernel_exists(jp_fetch, kernel_id):
+            assert time.monotonic() - ran < 8, "reconnects and kernel_info kept an idle kernel"
+            try:
+                ws = await asyncio.wait_for(jp_ws_fetch("api", "kernels", kernel_id, "channels"), 2)
+                await asyncio.sleep(0.3)
+                ws.close()
+            except Exception:
+                continue  # culled while connecting: the loop condition ends it
+            client.kernel_info()
+            client.comm_info()
             await asyncio.sleep(0.3)
-            ws.close()
-        except Exception:
-            continue  # culled while connecting: the loop condition ends it
-        client.kernel_info()
-        client.comm_info()
-        await asyncio.sleep(0.3)
     # culled cull_idle_timeout (3 s) after the execution, as if nothing had happened since
-    assert time.monotonic() - ran < 7
+    assert culled.at is not None and culled.at - ran < 3 + 2.5
     client.stop_channels()
 
 
@@ -106,7 +116,7 @@ async def test_completion_and_inspection_are_activity(idle_app: Any, jp_fetch: A
         client.inspect("print", 5)
         await asyncio.sleep(0.5)
     assert await kernel_exists(jp_fetch, kernel_id), "culled while the user was typing"
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
     client.stop_channels()
 
 
@@ -117,11 +127,12 @@ async def test_kernel_busy_past_the_cap_is_culled(
     """S8: with max_busy_time, a silent busy kernel counts as stuck and is culled at the cap."""
     kernel_id = await start_kernel(jp_fetch)
     client = await ready_client(idle_app, kernel_id)
-    client.execute("import time; time.sleep(600)")
-    await wait_for(lambda: record(idle_app, kernel_id).busy_since is not None, 10)
-    busy = time.monotonic()
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
-    assert 4.5 < time.monotonic() - busy < 9
+    with culled_at(idle_app, kernel_id) as culled:
+        client.execute("import time; time.sleep(600)")
+        await wait_for(lambda: record(idle_app, kernel_id).busy_since is not None, 10)
+        busy = time.monotonic()
+        await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
+    assert culled.at is not None and 4.5 < culled.at - busy < 5 + 3
     assert "max_busy_time" in caplog.text
     client.stop_channels()
 
@@ -135,7 +146,7 @@ async def test_without_a_cap_a_busy_kernel_is_never_culled(idle_app: Any, jp_fet
     await asyncio.sleep(8)
     assert await kernel_exists(jp_fetch, kernel_id)
     await idle_app.serverapp.kernel_manager.interrupt_kernel(kernel_id)
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
     client.stop_channels()
 
 
@@ -155,7 +166,7 @@ async def test_killed_kernel_is_removed(
     seen_dead = await wait_for(lambda: dead_in_status(jp_fetch, kernel_id), 10)
     assert seen_dead["action"] == "keep" and "kernel process is dead" in seen_dead["reason"]
     assert await kernel_exists(jp_fetch, kernel_id), "removed before its grace"
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), DEAD_KERNEL_GRACE + 10)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), DEAD_KERNEL_GRACE + 10)
     assert "Removing dead kernel" in caplog.text
 
 
@@ -222,7 +233,7 @@ async def test_a_kernel_that_failed_to_start_stays_visible_then_goes(
     while time.monotonic() - started < DEAD_KERNEL_GRACE - 1:
         assert await kernel_exists(jp_fetch, kernel_id), "failed kernel removed within its grace"
         await asyncio.sleep(0.5)
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), IN_PROCESS["cull_idle_timeout"] + 15)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), IN_PROCESS["cull_idle_timeout"] + 15)
     assert f"Removing dead kernel 'bad' ({kernel_id})" in caplog.text
 
 
@@ -250,7 +261,7 @@ async def test_kernelspec_override_zero_never_culls(
 ) -> None:
     kept = await start_kernel(jp_fetch, spec_with_override)
     culled = await start_kernel(jp_fetch)
-    await wait_for(lambda: _gone(jp_fetch, culled), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, culled), 30)
     await asyncio.sleep(2)
     assert await kernel_exists(jp_fetch, kept)
 
@@ -273,7 +284,7 @@ async def test_kernel_that_ignores_shutdown_is_stopped_anyway(
     await run(client, stubborn)
     process = kernel.provisioner.process
     ran = time.monotonic()
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 40)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 40)
     await wait_for(lambda: process.poll() is not None, 5)
     # graceful first (jupyter_client waits shutdown_wait_time), then killed: bounded
     assert time.monotonic() - ran < 3 + 15
@@ -297,7 +308,7 @@ async def test_a_kernel_whose_graceful_stop_hangs_is_stopped_by_force(
 
     monkeypatch.setattr(km, "shutdown_kernel", hang_unless_now)
     kernel_id = await start_kernel(jp_fetch)
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), IN_PROCESS["cull_idle_timeout"] + 15)
+    await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), IN_PROCESS["cull_idle_timeout"] + 15)
     assert f"Kernel {kernel_id} did not shut down cleanly" in caplog.text
     assert "stopping it now" in caplog.text
 
@@ -320,8 +331,8 @@ async def test_a_kernel_that_cannot_be_stopped_does_not_stop_the_loop(
         return await real_shutdown(kernel_id, *args, **kwargs)
 
     monkeypatch.setattr(km, "shutdown_kernel", shutdown_kernel)
-    await wait_for(lambda: _gone(jp_fetch, healthy), 30)
-    await wait_for(lambda: _gone(jp_fetch, broken), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, healthy), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, broken), 30)
     assert len(failures) == 4
     assert "Could not stop kernel" in caplog.text
     assert "injected failure" in caplog.text
@@ -367,12 +378,14 @@ async def test_a_kernel_slow_to_stop_does_not_delay_the_others(
     await wait_for(lambda: "stopping" if stubborn in idle_app.culler.stopping_ids() else None, 10)
     other = await start_kernel(jp_fetch)
     other_client = await ready_client(idle_app, other)
-    await run(other_client, "x = 1")
-    ran = time.monotonic()
-    assert stubborn in idle_app.culler.stopping_ids(), (
-        "the stubborn kernel should still be stopping"
-    )
-    await wait_for(lambda: _gone(jp_fetch, other), 20)
-    assert time.monotonic() - ran < 3 + 1.5
+    with culled_at(idle_app, other) as culled:
+        await run(other_client, "x = 1")
+        ran = time.monotonic()
+        assert stubborn in idle_app.culler.stopping_ids(), (
+            "the stubborn kernel should still be stopping"
+        )
+        await wait_for(lambda: kernel_gone(jp_fetch, other), 20)
+    # decided at its own deadline, not after the stubborn kernel's stop
+    assert culled.at is not None and culled.at - ran < 3 + 1.5
     other_client.stop_channels()
-    await wait_for(lambda: _gone(jp_fetch, stubborn), 30)
+    await wait_for(lambda: kernel_gone(jp_fetch, stubborn), 30)

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
 
 import jupyter_idle_ext.culler as culler_module
+from jupyter_idle_ext.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

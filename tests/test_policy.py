@@ -20,10 +20,10 @@ from jupyter_idle_ext.policy import (
     TerminalState,
     decide,
     decide_kernel,
-    decide_server,
     decide_terminal,
     horizon,
     reported_activity,
+    working,
 )
 
 # not 0, so that a deadline at the origin cannot pass for "no deadline"
@@ -280,11 +280,11 @@ def test_a_kernel_that_cannot_be_followed_is_never_culled_and_keeps_the_server_t
     for now in (150, 400, 5000):
         d = decide_kernel(unseen, c, T0 + now)
         assert (d.action, d.reason) == ("keep", "its activity cannot be seen: never culled"), d
-    server = decide_server(snapshot(400, kernels=(unseen,)), c)
+    server = decide(snapshot(400, kernels=(unseen,)), c).server
     assert (server.action, server.kept_by) == ("keep", "kernel not observable"), server
-    assert "whose activity cannot be seen, for 390 s" in server.reason
+    assert "whose activity cannot be seen for 390 s" in server.reason
     # past max_busy_time it keeps nothing, and the idle rule decides
-    server = decide_server(snapshot(510, kernels=(unseen,)), c)
+    server = decide(snapshot(510, kernels=(unseen,)), c).server
     assert (server.action, server.rule) == ("shutdown", SERVER_IDLE), server
     assert decide_kernel(unseen, c, T0 + 510).action == "keep"
 
@@ -298,22 +298,22 @@ def test_a_scheduled_run_is_named_when_the_stop_cancels_it_and_waited_for_within
     runs = {"scheduled": (nightly,)}
     # off: the server stops at its idle deadline, and says which run will not happen
     off = config(server_idle_timeout=600, shutdown_warning=60)
-    warn = decide_server(snapshot(550, **runs), off)
+    warn = decide(snapshot(550, **runs), off).server
     assert (warn.action, warn.deadline) == ("warn", T0 + 600), warn
     assert warn.cancels == "`nightly` at 2026-12-06T02:00:00.000Z will not run"
     assert warn.cancels in warn.reason
-    assert decide_server(snapshot(600, **runs), off).action == "shutdown"
+    assert decide(snapshot(600, **runs), off).server.action == "shutdown"
     # a bound shorter than the gap: the same
     short = config(server_idle_timeout=600, shutdown_warning=60, scheduled_run_wait=4000)
-    assert decide_server(snapshot(600, **runs), short).action == "shutdown"
+    assert decide(snapshot(600, **runs), short).server.action == "shutdown"
     # within the bound: kept until the run has had time to start, and nothing is cancelled
     wait = config(server_idle_timeout=600, shutdown_warning=60, scheduled_run_wait=4400)
-    keep = decide_server(snapshot(600, **runs), wait)
+    keep = decide(snapshot(600, **runs), wait).server
     assert (keep.action, keep.rule) == ("keep", "scheduled_run_wait"), keep
     assert keep.deadline == T0 + 5000 + SCHEDULED_RUN_START
     assert "waiting for the scheduled run of `nightly`" in keep.reason and not keep.cancels
     # it did not start (the job's kernel never showed): the server stops then
-    late = decide_server(snapshot(5000 + SCHEDULED_RUN_START, **runs), wait)
+    late = decide(snapshot(5000 + SCHEDULED_RUN_START, **runs), wait).server
     assert (late.action, late.rule) == ("shutdown", "scheduled_run_wait"), late
 
 
@@ -322,11 +322,11 @@ def test_a_reason_read_later_counts_to_then() -> None:
     d = decide_kernel(kernel(last=0), config(), T0 + 40)
     assert d.reason == "idle 40 s of cull_idle_timeout 100 s"
     assert d.reason_at(T0 + 70) == "idle 70 s of cull_idle_timeout 100 s"
-    s = decide_server(snapshot(40, last_source="notes.md saved"), config(**IDLE_600))
+    s = decide(snapshot(40, last_source="notes.md saved"), config(**IDLE_600)).server
     assert s.reason_at(T0 + 100) == (
         "idle 100 s of server_idle_timeout 600 s, last activity: notes.md saved"
     )
-    w = decide_server(snapshot(560), config(**IDLE_600, shutdown_warning=60))
+    w = decide(snapshot(560), config(**IDLE_600, shutdown_warning=60)).server
     assert (w.reason, w.reason_at(T0 + 590)) == (
         "shutting down in 40 s: server_idle_timeout",
         "shutting down in 10 s: server_idle_timeout",
@@ -335,7 +335,7 @@ def test_a_reason_read_later_counts_to_then() -> None:
 
 def test_braces_in_a_command_line_are_not_format_fields() -> None:
     odd = SourceState("process", "7@1.00", "python -c print({1}{x})", T0, at(0), "50 % CPU")
-    d = decide_server(snapshot(30, sources=(odd,)), config(**IDLE_600))
+    d = decide(snapshot(30, sources=(odd,)), config(**IDLE_600)).server
     assert d.reason == "process 7 `python -c print({1}{x})` at 50 % CPU for 30 s"
 
 
@@ -347,10 +347,15 @@ def process(busy: float | None, cpu: str = "97 % CPU") -> SourceState:
 
 def test_the_hub_hears_now_while_a_process_works_until_the_cap() -> None:
     c = config(**IDLE_600, max_busy_time=1000)
-    working = snapshot(900, sources=(process(busy=0),))
-    assert reported_activity(working, c) == T0 + 900
-    assert reported_activity(snapshot(1000, sources=(process(busy=0),)), c) == T0
-    assert reported_activity(snapshot(900, sources=(process(busy=None),)), c) == T0
+
+    def reported(snap: Snapshot) -> float:
+        plan = decide(snap, c)
+        assert plan.reported_activity == reported_activity(snap, working(snap, c))
+        return plan.reported_activity
+
+    assert reported(snapshot(900, sources=(process(busy=0),))) == T0 + 900
+    assert reported(snapshot(1000, sources=(process(busy=0),))) == T0
+    assert reported(snapshot(900, sources=(process(busy=None),))) == T0
 
 
 @pytest.mark.parametrize(
@@ -383,10 +388,27 @@ def test_the_hub_hears_now_while_a_process_works_until_the_cap() -> None:
 def test_the_server_says_what_keeps_it_in_a_few_words(
     fields: dict[str, Any], kept_by: str, busy_for: float | None
 ) -> None:
-    decision = decide_server(snapshot(900, **fields), config(**IDLE_600, max_busy_time=1000))
+    decision = decide(snapshot(900, **fields), config(**IDLE_600, max_busy_time=1000)).server
     assert decision.kept_by == kept_by, decision
     if busy_for is not None:
-        assert dict(decision.clocks)["busy"] == T0 + 900 - busy_for
+        assert decision.since("busy") == T0 + 900 - busy_for
+
+
+def test_the_plan_says_what_works_also_with_no_server_rule_on() -> None:
+    """The usage metric reads what works from the plan, by kind, whatever the server rules."""
+    sources = (SourceState("x", "x", "my-extension", T0, busy_since=T0 + 850),)
+    for options in (IDLE_600, {"server_idle_timeout": 0}):
+        c = config(**options, max_busy_time=1000)
+        kinds = [
+            None if (w := decide(snapshot(900, **fields), c).working) is None else w.kind
+            for fields in (
+                {"kernels": (kernel(busy=100),)},
+                {"sources": (process(busy=400),)},
+                {"sources": sources},
+                {"kernels": (kernel(),)},
+            )
+        ]
+        assert kinds == ["kernel", "process", "extension", None], options
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -517,7 +539,7 @@ def test_server(
     rule: str,
     words: tuple[str, ...],
 ) -> None:
-    d = decide_server(snapshot(now, **fields), config(**options))
+    d = decide(snapshot(now, **fields), config(**options)).server
     assert (d.kind, d.action) == ("server", action), d
     assert d.deadline == at(deadline), d
     assert d.rule == rule, d
@@ -525,7 +547,7 @@ def test_server(
 
 
 def test_server_idle_counts_from_last_activity() -> None:
-    assert decide_server(snapshot(700, last=400), config(**IDLE_600)).idle == 300
+    assert decide(snapshot(700, last=400), config(**IDLE_600)).server.idle == 300
 
 
 # -- decide(): the plan and when to look again -----------------------------------------------

@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hub import STATUS_TOKEN, Hub, hub_factory
-from servers import free_port, on_ci, wait_until
+
+from jupyter_idle_ext.pytest_plugin import (
+    STATUS_TOKEN,
+    Hub,
+    free_port,
+    hub_factory,
+    on_ci,
+    wait_until,
+)
 
 # the README's queries ("Usage in Prometheus"), word for word
 IDLE_LONGEST = "topk(10, max by (user, server) (jupyter_idle_ext_idle_seconds))"

@@ -33,18 +33,30 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import _gone, ready_client, run, start_kernel, wait_for
 from jupyter_client import BlockingKernelClient
-from servers import TOKEN, ServerProcess, execute_over_zmq, free_port, wait_until
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import Resolver
 from tornado.websocket import websocket_connect
 
 from jupyter_idle_ext.handlers import StatusHandler
+from jupyter_idle_ext.pytest_plugin import (
+    TOKEN,
+    CulledAt,
+    ServerProcess,
+    culled_at,
+    execute_over_zmq,
+    free_port,
+    kernel_gone,
+    ready_client,
+    run,
+    start_kernel,
+    wait_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
-# the in-process cull_idle_timeout (conftest.IN_PROCESS)
+# the in-process cull_idle_timeout (pytest_plugin.IN_PROCESS)
 TIMEOUT = 3.0
 
 
@@ -115,21 +127,23 @@ DIE_ON_SHUTDOWN = (
 )
 
 
-class KillWhenCulled(logging.Handler):
+class KillWhenCulled(CulledAt):
     """SIGKILLs a kernel's process the moment the culler logs that it culls it, so the process
     dies between the decision and the shutdown_request."""
 
     def __init__(self, kernel_id: str, pid: int) -> None:
-        super().__init__()
-        self.kernel_id = kernel_id
+        super().__init__(kernel_id)
         self.pid = pid
-        self.killed = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if not self.killed and message.startswith("Culling") and self.kernel_id in message:
-            os.kill(self.pid, signal.SIGKILL)
-            self.killed = True
+        if self.at is None:
+            super().emit(record)
+            if self.at is not None:
+                os.kill(self.pid, signal.SIGKILL)
+
+    @property
+    def killed(self) -> bool:
+        return self.at is not None
 
 
 async def test_kernels_dying_while_culled_are_removed_and_culling_goes_on(
@@ -150,7 +164,7 @@ async def test_kernels_dying_while_culled_are_removed_and_culling_goes_on(
         idle_app.log.addHandler(killer)
         try:
             for kernel_id in processes:
-                await wait_for(lambda k=kernel_id: _gone(jp_fetch, k), 30)
+                await wait_for(lambda k=kernel_id: kernel_gone(jp_fetch, k), 30)
         finally:
             idle_app.log.removeHandler(killer)
         assert killer.killed, "the culler never started culling the kernel"
@@ -165,11 +179,14 @@ async def test_kernels_dying_while_culled_are_removed_and_culling_goes_on(
         # the loop goes on: a kernel started afterwards is culled at its timeout
         later = await start_kernel(jp_fetch)
         client = await ready_client(idle_app, later)
-        await run(client, "x = 1")
-        ran = time.monotonic()
-        await wait_for(lambda: _gone(jp_fetch, later), 30)
+        with culled_at(idle_app, later) as culled:
+            await run(client, "x = 1")
+            ran = time.monotonic()
+            await wait_for(lambda: kernel_gone(jp_fetch, later), 30)
         client.stop_channels()
-        assert TIMEOUT - 0.5 < time.monotonic() - ran < TIMEOUT + 3
+        assert culled.at is not None, "the kernel went, but not by the culler"
+        # culled at its timeout, not at the next cull_interval (300 s)
+        assert TIMEOUT - 0.5 < culled.at - ran < TIMEOUT + 3
     assert culler_running(idle_app), "the check loop ended"
     assert "check failed" not in caplog.text
     assert not tracebacks_through_us(caplog, escaped)
@@ -244,13 +261,15 @@ async def test_output_flood_is_tracked_and_the_server_keeps_answering(
 
     # after the flood: culled cull_idle_timeout after the last output it printed
     last_output = record(idle_app, kernel_id).last_activity
-    while await (ready := _gone(jp_fetch, kernel_id)) is False:
-        rec = record(idle_app, kernel_id)
-        if rec is not None:
-            last_output = rec.last_activity
-        await asyncio.sleep(0.05)
+    with culled_at(idle_app, kernel_id) as culled:
+        while await (ready := kernel_gone(jp_fetch, kernel_id)) is False:
+            rec = record(idle_app, kernel_id)
+            if rec is not None:
+                last_output = rec.last_activity
+            await asyncio.sleep(0.05)
     assert ready
-    assert TIMEOUT - 0.5 < time.monotonic() - last_output < TIMEOUT + 3
+    assert culled.at is not None, "the kernel went, but not by the culler"
+    assert TIMEOUT - 0.5 < culled.at - last_output < TIMEOUT + 3
     assert relayed > 0
     assert culler_running(idle_app)
     await status(jp_fetch)
@@ -336,12 +355,14 @@ async def test_malformed_shell_and_websocket_messages_change_nothing(
         # the next real execution counts: the kernel is culled its timeout after it, not
         # after the garbage
         before = record(idle_app, kernel_id).last_activity
-        await run(client, "x = 1")
-        ran = time.monotonic()
-        # the reply can come before the server's watcher has read the kernel's busy status
-        await wait_for(lambda: record(idle_app, kernel_id).last_activity > before, 10)
-        await wait_for(lambda: _gone(jp_fetch, kernel_id), 30)
-        assert TIMEOUT - 0.5 < time.monotonic() - ran < TIMEOUT + 3
+        with culled_at(idle_app, kernel_id) as culled:
+            await run(client, "x = 1")
+            ran = time.monotonic()
+            # the reply can come before the server's watcher has read the kernel's busy status
+            await wait_for(lambda: record(idle_app, kernel_id).last_activity > before, 10)
+            await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 30)
+        assert culled.at is not None, "the kernel went, but not by the culler"
+        assert TIMEOUT - 0.5 < culled.at - ran < TIMEOUT + 3
     client.stop_channels()
     assert culler_running(idle_app)
     assert not tracebacks_through_us(caplog, escaped)
@@ -388,16 +409,18 @@ async def test_malformed_iopub_messages_do_not_stop_tracking(
     # real work afterwards is seen: busy while a silent cell runs longer than the timeout,
     # culled its timeout after the cell ends
     client = await ready_client(idle_app, kernel_id)
-    cell = asyncio.ensure_future(run(client, "import time; time.sleep(5)", timeout=15))
-    try:
-        await wait_for(lambda: working(idle_app, kernel_id), 3)
-        await cell
-    finally:
-        cell.cancel()
-    ended = time.monotonic()
-    assert record(idle_app, kernel_id) is not None, "culled while it worked"
-    await wait_for(lambda: _gone(jp_fetch, kernel_id), 10)
-    assert TIMEOUT - 0.5 < time.monotonic() - ended < TIMEOUT + 3
+    with culled_at(idle_app, kernel_id) as culled:
+        cell = asyncio.ensure_future(run(client, "import time; time.sleep(5)", timeout=15))
+        try:
+            await wait_for(lambda: working(idle_app, kernel_id), 3)
+            await cell
+        finally:
+            cell.cancel()
+        ended = time.monotonic()
+        assert record(idle_app, kernel_id) is not None, "culled while it worked"
+        await wait_for(lambda: kernel_gone(jp_fetch, kernel_id), 10)
+    assert culled.at is not None, "the kernel went, but not by the culler"
+    assert TIMEOUT - 0.5 < culled.at - ended < TIMEOUT + 3
     client.stop_channels()
     assert culler_running(idle_app)
 
@@ -725,7 +748,7 @@ def keep_executing(
     """Execute short cells back to back over ZMQ until told to stop."""
     client = BlockingKernelClient(connection_file=str(connection_file))
     client.load_connection_file()
-    client.start_channels()
+    client.start_channels(hb=False)  # one late heartbeat would read as a dead kernel
     try:
         client.wait_for_ready(timeout=30)
         while not stop.is_set():

@@ -20,9 +20,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import browsers, lab_server, open_page
-from servers import ServerProcess, wait_until
 from test_frontend import NOTEBOOK, SETTINGS, require_installed_frontend
+
+from jupyter_idle_ext.pytest_plugin import (
+    ServerProcess,
+    browsers,
+    lab_server,
+    open_page,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.frontend, pytest.mark.timeout(300)]
 
@@ -192,11 +198,7 @@ def test_after_a_cell_with_the_tab_left_open_the_stop_comes_within_one_autosave_
             # the notebook's kernel up and idle (read from the server: under load the page's
             # own indicator can say idle before the kernel's connection is ready)
             wait_until(
-                lambda: [
-                    k
-                    for k in s.request("GET", "/api/kernels", track=False)[1]
-                    if k["execution_state"] == "idle"
-                ],
+                lambda: [k for k in s.kernel_models() if k["execution_state"] == "idle"],
                 120,
             )
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(

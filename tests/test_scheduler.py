@@ -6,6 +6,7 @@ jupyter-scheduler adds to JupyterLab, so these run in .venv-apps (marker ``apps`
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -15,8 +16,9 @@ from typing import Any
 
 import psutil
 import pytest
-from servers import ServerProcess, wait_until
 from test_jobs import TIMEOUT, notebook
+
+from jupyter_idle_ext.pytest_plugin import ServerProcess, wait_for, wait_until
 
 pytestmark = [pytest.mark.apps, pytest.mark.timeout(180)]
 
@@ -173,3 +175,63 @@ def test_with_scheduled_run_wait_the_server_waits_for_a_run_due_soon_and_then_st
     after = time.monotonic() - ended
     assert after <= TIMEOUT + 6, (after, server.log()[-3000:])
     assert "`hourly` at" in server.log()  # the next run, which the stop cancels
+
+
+# -- in-process: a job no scan has seen yet, at the stop ----------------------------------------
+
+
+@pytest.fixture
+def extra_server_config(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_scheduler": True}},
+        "SchedulerApp": {"db_url": f"sqlite:///{tmp_path}/scheduler.sqlite"},
+        "Scheduler": {"staging_path": str(tmp_path / "staging")},
+    }
+
+
+@pytest.mark.parametrize(
+    "idle_config", [{"process_check_interval": 300, "cull_idle_timeout": 0}], indirect=True
+)
+async def test_a_job_created_after_the_last_scan_is_stopped_through_the_scheduler(
+    idle_app: Any, jp_fetch: Any, jp_root_dir: Path, tmp_path: Path
+) -> None:
+    """A job created as the stop comes, which no scan of this server's processes has seen: the
+    stop still ends its executor and its kernel, and its record says STOPPED (before, the exit
+    ended the executor as a late process, left its record IN_PROGRESS, and its kernel ran on)."""
+    processes = idle_app.sources.get("processes")
+    assert processes is not None
+    await wait_for(lambda: processes.scans, 30)  # the scan at start is over; the next in 300 s
+    notebook(jp_root_dir / "long.ipynb", "import time\ntime.sleep(300)")
+    body = {
+        "input_uri": "long.ipynb",
+        "runtime_environment_name": "python3",
+        "name": "late",
+        "output_formats": ["ipynb"],
+    }
+    answer = await jp_fetch("scheduler", "jobs", method="POST", body=json.dumps(body))
+    job_id = json.loads(answer.body)["job_id"]
+    db = tmp_path / "scheduler.sqlite"
+
+    def record() -> tuple[str, int | None]:
+        with sqlite3.connect(db) as con:
+            return con.execute(
+                "SELECT status, pid FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+
+    # the job runs: its executor (a child of this process) has started the job's kernel
+    executor = psutil.Process(record()[1])
+
+    def kernel() -> list[psutil.Process]:
+        return [
+            p for p in executor.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())
+        ]
+
+    kernels = await wait_for(kernel, 90, interval=0.5)
+    assert record()[0] == "IN_PROGRESS"
+    jobs = idle_app.sources.get("jobs")
+    assert jobs is not None
+    assert not jobs.followed and not jobs.starting, "a scan saw the job: this proves nothing"
+    await jobs.stop()
+    _, alive = psutil.wait_procs([executor, *kernels], timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    assert record()[0] == "STOPPED"

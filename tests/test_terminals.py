@@ -8,19 +8,14 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from tornado.httpclient import HTTPClientError
+
+from jupyter_idle_ext.pytest_plugin import exists, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 async def terminal_exists(jp_fetch: Any, name: str) -> bool:
-    try:
-        await jp_fetch("api", "terminals", name, method="GET")
-        return True
-    except HTTPClientError as e:
-        assert e.code == 404
-        return False
+    return await exists(jp_fetch, "api", "terminals", name)
 
 
 async def type_into(ws: Any, text: str) -> None:

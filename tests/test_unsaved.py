@@ -214,19 +214,23 @@ async def test_the_stop_waits_for_a_page_that_saves_and_then_writes_nothing_itse
     await post(jp_fetch, "unsaved", {"page": "p", "documents": [draft]})
     unsaved = idle_app.unsaved
 
-    async def page() -> None:
-        # the page reads the status, sees the stop saving, saves, and says so
-        await wait_for_saving(jp_fetch)
-        await write(jp_fetch, "notes.txt", "the page's save\n")
-        saved = [{"path": "notes.txt", "saved_as": "notes.txt", "changed_on_disk": False}]
-        await post(jp_fetch, "unsaved", {"page": "p", "documents": [], "saved": saved})
-
     started = time.monotonic()
-    await asyncio.gather(unsaved.save_before_stop(20.0), page())
+    await asyncio.gather(
+        unsaved.save_before_stop(20.0), page_saves(jp_fetch, "p", "notes.txt", "the page's save\n")
+    )
     assert time.monotonic() - started < 10
     assert (jp_root_dir / "notes.txt").read_text() == "the page's save\n"
     assert "A page saved `notes.txt` before the stop" in caplog.text
     assert "Saved `notes.txt` before the stop" not in caplog.text
+
+
+async def page_saves(jp_fetch: Any, page: str, path: str, text: str) -> None:
+    """What a page does at the stop: it reads the status, sees the stop saving, saves, and says
+    so."""
+    await wait_for_saving(jp_fetch)
+    await write(jp_fetch, path, text)
+    saved = [{"path": path, "saved_as": path, "changed_on_disk": False}]
+    await post(jp_fetch, "unsaved", {"page": page, "documents": [], "saved": saved})
 
 
 async def wait_for_saving(jp_fetch: Any) -> None:
@@ -253,6 +257,24 @@ def test_beside_names_the_copy_after_the_file() -> None:
     assert beside("archive.tar.gz", now) == "archive.unsaved-20261205T153000Z.tar.gz"
     assert beside("Makefile", now) == "Makefile.unsaved-20261205T153000Z"
     assert beside(".env", now) == ".env.unsaved-20261205T153000Z"
+    assert beside("notes.txt", now, 2) == "notes.unsaved-20261205T153000Z-2.txt"
+
+
+async def test_two_pages_holding_one_changed_file_both_keep_their_versions(
+    idle_app: Any, jp_fetch: Any, jp_root_dir: Any
+) -> None:
+    """Both copies go beside the file, in the same second: the second never overwrites the
+    first."""
+    loaded = await write(jp_fetch, "shared.txt", "as loaded\n")
+    await asyncio.sleep(1.1)
+    (jp_root_dir / "shared.txt").write_text("changed on disk\n")
+    for page, text in (("p", "from p\n"), ("q", "from q\n")):
+        document = {"path": "shared.txt", "last_modified": loaded["last_modified"], "content": text}
+        assert (await post(jp_fetch, "unsaved", {"page": page, "documents": [document]}))[0] == 200
+    await idle_app.unsaved.save_before_stop(0.2)
+    assert (jp_root_dir / "shared.txt").read_text() == "changed on disk\n"
+    copies = sorted(p.read_text() for p in jp_root_dir.glob("shared.unsaved-*.txt"))
+    assert copies == ["from p\n", "from q\n"], copies
 
 
 async def test_a_page_sends_a_copy_once_and_the_server_keeps_it_until_it_changes(
@@ -276,3 +298,66 @@ async def test_a_page_sends_a_copy_once_and_the_server_keeps_it_until_it_changes
     await post(jp_fetch, "unsaved", {"page": "q", "documents": []})
     await idle_app.unsaved.save_before_stop(0.5)
     assert (jp_root_dir / "notes.txt").read_text() == "first\ntyped\n"
+
+
+async def test_a_page_left_with_a_document_another_page_saved_does_not_hold_the_stop(
+    idle_app: Any, jp_fetch: Any, jp_root_dir: Any, caplog: Any
+) -> None:
+    """The same notebook open in JupyterLab and in Notebook 7, both with unsaved changes: one page
+    saves it at the stop; the other's save then finds it changed on disk and waits on a dialog no
+    one clicks. The stop waits a moment, not its whole bound, and keeps that page's version beside
+    the file."""
+    caplog.set_level(logging.INFO)
+    loaded = await write(jp_fetch, "shared.txt", "as loaded\n")
+    await asyncio.sleep(1.1)
+    for page, text in (("lab", "from lab\n"), ("notebook", "from notebook\n")):
+        document = {"path": "shared.txt", "last_modified": loaded["last_modified"], "content": text}
+        assert (await post(jp_fetch, "unsaved", {"page": page, "documents": [document]}))[0] == 200
+
+    started = time.monotonic()
+    await asyncio.gather(
+        idle_app.unsaved.save_before_stop(20.0),
+        page_saves(jp_fetch, "lab", "shared.txt", "from lab\n"),
+    )
+    assert time.monotonic() - started < 10
+    assert (jp_root_dir / "shared.txt").read_text() == "from lab\n"
+    (kept,) = jp_root_dir.glob("shared.unsaved-*.txt")
+    assert kept.read_text() == "from notebook\n"
+    assert f"saved beside it as `{kept.name}`" in caplog.text
+
+
+async def test_the_stop_still_waits_for_a_document_no_page_has_saved_yet(
+    idle_app: Any, jp_fetch: Any, jp_root_dir: Any, caplog: Any
+) -> None:
+    """The shortened wait is only for documents another page saved: a page that also holds a
+    document nobody saved yet is waited for past that grace, and its own save stands."""
+    caplog.set_level(logging.INFO)
+    shared = await write(jp_fetch, "shared.txt", "as loaded\n")
+    own = await write(jp_fetch, "own.txt", "as loaded\n")
+    await asyncio.sleep(1.1)
+    lab = {"path": "shared.txt", "last_modified": shared["last_modified"], "content": "lab\n"}
+    notebook = [
+        {"path": "shared.txt", "last_modified": shared["last_modified"], "content": "nb\n"},
+        {"path": "own.txt", "last_modified": own["last_modified"], "content": "nb's own\n"},
+    ]
+    await post(jp_fetch, "unsaved", {"page": "lab", "documents": [lab]})
+    await post(jp_fetch, "unsaved", {"page": "notebook", "documents": notebook})
+
+    async def notebook_saves_its_own_late() -> None:
+        await wait_for_saving(jp_fetch)
+        await asyncio.sleep(4)  # past the grace, within the bound
+        await write(jp_fetch, "own.txt", "nb's own, saved by the page\n")
+        saved = [{"path": "own.txt", "saved_as": "own.txt", "changed_on_disk": False}]
+        # it still holds shared.txt, its save of that stuck on the dialog
+        body = {"page": "notebook", "documents": notebook[:1], "saved": saved}
+        await post(jp_fetch, "unsaved", body)
+
+    await asyncio.gather(
+        idle_app.unsaved.save_before_stop(20.0),
+        page_saves(jp_fetch, "lab", "shared.txt", "lab\n"),
+        notebook_saves_its_own_late(),
+    )
+    assert (jp_root_dir / "own.txt").read_text() == "nb's own, saved by the page\n"
+    assert "Saved `own.txt` before the stop" not in caplog.text
+    (kept,) = jp_root_dir.glob("shared.unsaved-*.txt")
+    assert kept.read_text() == "nb\n"

@@ -21,8 +21,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser import lab_server, launch, playwright_and_chromium
-from servers import TOKEN, ServerProcess, require
+
+from jupyter_idle_ext.pytest_plugin import (
+    TOKEN,
+    ServerProcess,
+    lab_server,
+    launch,
+    playwright_and_chromium,
+    require,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
