@@ -1,6 +1,6 @@
 """Benchmarks 5 and 6: activity posts at a real JupyterHub, ours against jupyterhub-singleuser's.
 
-5 runs two real Hubs side by side (``tests/hub.py``: JupyterHub, configurable-http-proxy and a
+5 runs two real Hubs side by side (the test harness's ``Hub``: JupyterHub, configurable-http-proxy and a
 spawned ``jupyterhub-singleuser``), one whose server has jupyter_idle_ext and one without, and
 counts the activity POSTs each Hub logs. 6 runs one real Hub with many users and no servers,
 and simulated servers in a few worker processes (this file, run with ``--worker``) posting to
@@ -32,10 +32,9 @@ SCALE_GOAL = 0.1
 
 
 def _hub_module() -> Any:
-    import harness  # noqa: F401 -- puts tests/ on sys.path
-    import hub
+    from jupyter_idle_ext import pytest_plugin
 
-    return hub
+    return pytest_plugin
 
 
 def _skipped(bench: str, reason: str) -> list[Any]:

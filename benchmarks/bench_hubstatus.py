@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import Context, Row, fmt, median, value_row
-from servers import free_port
+
+from jupyter_idle_ext.pytest_plugin import free_port
 
 HERE = Path(__file__).resolve().parent
 PAGE = 200

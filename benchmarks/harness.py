@@ -1,8 +1,8 @@
 """The measuring harness: real servers side by side, a kernel websocket client, statistics, the machine.
 
 Every figure the suite reports is measured here or in a benchmark module at run time; nothing is
-typed in by hand. Servers are real ``jupyter server`` processes (``tests/servers.py``), kernels are
-real ipykernels, and the JupyterHub is the real one of ``tests/hub.py``.
+typed in by hand. Servers are real ``jupyter server`` processes and the JupyterHub is the real one,
+both of the test suite's harness (``jupyter_idle_ext.pytest_plugin``); kernels are real ipykernels.
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+# re-exported for the benchmark modules
+from jupyter_idle_ext.pytest_plugin import (  # noqa: F401
+    TOKEN,
+    ServerProcess,
+    execute_request,
+    free_port,
+    wait_until,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
-if str(TESTS) not in sys.path:
-    # the servers and the Hub are the test suite's own harnesses, reused as they are
-    sys.path.insert(0, str(TESTS))
-
-# re-exported for the benchmark modules
-from servers import TOKEN, ServerProcess, free_port, wait_until  # noqa: E402, F401
 
 # -- results -------------------------------------------------------------------------------------
 
@@ -393,32 +396,8 @@ class KernelChannel:
             self.conn = None
 
     def _message(self, code: str) -> tuple[str, str]:
-        msg_id = uuid.uuid4().hex
-        header = {
-            "msg_id": msg_id,
-            "msg_type": "execute_request",
-            "username": "bench",
-            "session": self.session,
-            "date": datetime.now(timezone.utc).isoformat(),
-            "version": "5.3",
-        }
-        content = {
-            "code": code,
-            "silent": False,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        }
-        message = {
-            "header": header,
-            "parent_header": {},
-            "metadata": {},
-            "content": content,
-            "channel": "shell",
-            "buffers": [],
-        }
-        return msg_id, json.dumps(message)
+        message = execute_request(code, user="bench", session=self.session, store_history=False)
+        return message["header"]["msg_id"], json.dumps(message)
 
     async def execute(self, code: str, timeout: float = 300) -> Reply:
         """Send an execute_request; return once its execute_reply and its idle status arrived
