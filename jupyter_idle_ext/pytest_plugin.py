@@ -713,11 +713,28 @@ class KernelSocket:
     def wait_reply(
         self, msg_id: str, msg_type: str, timeout: float = 60, state: str | None = None
     ) -> dict[str, Any]:
-        """The first message of ``msg_type`` (a status: in ``state``) that ``msg_id`` caused."""
+        """The first message of ``msg_type`` (a status: in ``state``) that ``msg_id`` caused;
+        TimeoutError if none comes within ``timeout``.
+
+        Frames are read one at a time, the deadline checked after each: websocket-client answers
+        the server's pings inside ``recv()``, and each ping would start its timeout again."""
+        import websocket
+
         deadline = time.monotonic() + timeout
         while True:
-            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
-            msg = json.loads(self.ws.recv())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {msg_type} to {msg_id} within {timeout} s")
+            self.ws.settimeout(left)
+            try:
+                opcode, frame = self.ws.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                continue
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise ConnectionError(f"the kernel's websocket closed waiting for {msg_type}")
+            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                continue  # a ping (websocket-client has answered it) or a pong
+            msg = json.loads(frame.data)
             if (
                 msg["msg_type"] == msg_type
                 and msg["parent_header"].get("msg_id") == msg_id
