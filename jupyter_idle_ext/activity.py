@@ -101,6 +101,14 @@ class ActivityTracker:
         """While the idle stop saves what pages left unsaved, those writes are not activity."""
         self.saving_for_stop = on
 
+    def serving(self) -> None:
+        """The server serves from now on: its idle time counts from here, not from the start of
+        the process (a start slowed by an extension or a loaded machine is nobody's idle time).
+        Activity recorded already stands."""
+        if self.last_record is None:
+            self.last_activity = max(self.last_activity, self.clock())
+            self.generation += 1
+
     def listen(self, listener: Callable[[float, float], None]) -> None:
         """Call ``listener(now, last activity before it)`` on every activity of the server."""
         self._listeners.append(listener)

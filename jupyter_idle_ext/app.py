@@ -159,6 +159,7 @@ class IdleExtension(IdleOptions, ExtensionApp):
             self._start(serverapp)
 
     def _start(self, serverapp: Any) -> None:
+        self.tracker.serving()
         context = Context(
             options=self,
             serverapp=serverapp,

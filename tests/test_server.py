@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -61,6 +62,23 @@ def test_never_used_server_shuts_down_after_start(start_server: Any) -> None:
     assert "The server will shut down at" in log
     assert "Shutting down the server: idle 8 s >= server_idle_timeout 8 s" in log
     assert log.index("The server will shut down") < log.index("Shutting down the server")
+
+
+def test_a_slow_start_is_not_idle_time(start_server: Any) -> None:
+    """S5 with a start slowed by an extension that takes 6 s to load: the first user still gets
+    the whole server_idle_timeout from when the server answers, not 2 s of it."""
+    server = start_server(
+        *SHORT,
+        env={"PYTHONPATH": os.path.dirname(__file__), "SLOW_START_SECONDS": "6"},
+        extensions={"slow_start_extension": True},
+    )
+    assert server.wait_exit(40) == 0
+    exited = time.monotonic()
+    log = server.log()
+    assert "slow_start_extension: loaded" in log
+    assert exited - server.ready_at >= 8 - 1, (exited - server.ready_at, log[-3000:])
+    assert exited - server.ready_at < 8 + EXIT_SLACK, (exited - server.ready_at, log[-3000:])
+    assert "Shutting down the server: idle 8 s >= server_idle_timeout 8 s" in log
 
 
 def test_polling_client_does_not_keep_the_server(start_server: Any) -> None:
