@@ -25,6 +25,11 @@ import {
 import type { IdleModel } from './model';
 import type { IStatus } from './status';
 
+// react-toastify applies an update of a toast one timer tick later, and an update that lands
+// after a dismissal brings the toast back for good; the countdown updates the warning every
+// second, so the warning is dismissed a moment after the last update
+const DISMISS_AFTER_UPDATES_MS = 500;
+
 function node(tag: string, text?: string, className?: string): HTMLElement {
   const element = document.createElement(tag);
   if (text !== undefined) {
@@ -195,10 +200,7 @@ export class IdleViews implements IDisposable {
     const warning = status.server.warning;
     const message = warningMessage(status, this.model.elapsed());
     if (!warning || message === null) {
-      if (this._warningId) {
-        Notification.dismiss(this._warningId);
-        this._warningId = this._warnedRule = null;
-      }
+      this._dismissWarning();
       return;
     }
     const minutes = Math.round(keepWorkingSeconds(status) / 60);
@@ -225,12 +227,18 @@ export class IdleViews implements IDisposable {
       this._warnedAt = at;
       return;
     }
-    if (this._warningId) {
-      Notification.dismiss(this._warningId);
-    }
+    this._dismissWarning();
     this._warningId = Notification.warning(message, { autoClose: false, actions });
     this._warnedRule = warning.rule;
     this._warnedAt = at;
+  }
+
+  private _dismissWarning(): void {
+    const id = this._warningId;
+    this._warningId = this._warnedRule = null;
+    if (id) {
+      window.setTimeout(() => Notification.dismiss(id), DISMISS_AFTER_UPDATES_MS);
+    }
   }
 
   private async _keepWorking(): Promise<void> {
@@ -250,10 +258,7 @@ export class IdleViews implements IDisposable {
     this._stoppedShown = true;
     this.model.stop();
     this.documents.stop();
-    if (this._warningId) {
-      Notification.dismiss(this._warningId);
-      this._warningId = null;
-    }
+    this._dismissWarning();
     const { title, body, at } = stoppedMessage({
       status: this.model.status,
       byUser: this._stoppedByUser,
