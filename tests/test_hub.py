@@ -186,7 +186,7 @@ c.Spawner.pre_spawn_hook = _without_extension
 
 
 def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
-    start_hub: Callable[..., Hub],
+    start_hub: Callable[..., Hub], tmp_path: Path
 ) -> None:
     """Two users, one with a named server: a busy one and an idle one, one row each; a third
     user's server without the extension is listed as such; a token without the admin scopes
@@ -207,7 +207,13 @@ def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
     hub.wait_ready("alice")
     hub.wait_ready("bob", "gpu")
     hub.wait_ready("carol")
-    cell = hub.execute("alice", "import time; time.sleep(30)", wait=False)
+    # busy until the test has listed it (a fixed length ran out under load)
+    flag = tmp_path / "let-the-cell-end"
+    cell = hub.execute(
+        "alice",
+        f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.2)",
+        wait=False,
+    )
     hub.execute("bob", "x = 1", server_name="gpu")
 
     def rows() -> list[dict[str, Any]]:
@@ -251,6 +257,7 @@ def test_hub_status_lists_every_server_what_keeps_it_and_when_it_stops(
     assert refused.returncode != 0
     assert "needs an admin role with the scopes" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
+    flag.touch()
     cell.wait(60)
 
 
