@@ -221,8 +221,13 @@ class Client:
 
     async def run(self) -> None:
         url = self.server.url.replace("http", "ws") + self.path
+        # it pings every second (pings never count); with no timeout on the pongs, which tornado
+        # otherwise sets to the interval: the server answers none until the proxy has started the
+        # app, seconds under load, and a browser's tab does not give up on it for that
         ws = await websocket_connect(
-            HTTPRequest(url, headers={"Authorization": f"token {TOKEN}"}), ping_interval=1
+            HTTPRequest(url, headers={"Authorization": f"token {TOKEN}"}),
+            ping_interval=1,
+            ping_timeout=0,
         )
 
         async def read() -> None:
