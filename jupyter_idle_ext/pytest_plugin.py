@@ -124,6 +124,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def logged_at(log: str, text: str) -> float | None:
+    """When a server first logged ``text``, on this process's monotonic clock (a server log's
+    times are local wall-clock times, to the millisecond)."""
+    match = re.search(rf"\[\w (\S+ \S+) \w+\] {re.escape(text)}", log)
+    if match is None:
+        return None
+    wall = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return wall - (time.time() - time.monotonic())
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

@@ -28,6 +28,7 @@ from jupyter_idle_ext.pytest_plugin import (
     TOKEN,
     ServerProcess,
     execute_over_zmq,
+    logged_at,
     wait_until,
 )
 from jupyter_idle_ext.sources.processes import ENV_MARKER, Gpus, ProcessWatcher, Scanner
@@ -111,10 +112,15 @@ def assert_stopped_after(
     processes beside it must not eat the slack)."""
     assert server.wait_exit(timeout + 30) == 0
     exited = time.monotonic()
+    log = server.log()
+    decided = logged_at(log, "Shutting down the server")
+    assert decided is not None, log[-3000:]
     earliest, latest = (server.started, server.ready_at) if since is None else (since, since)
-    # the job's end is seen at the next scan (2 s) and the exit takes a moment
-    assert exited - earliest >= timeout - 1, (exited - earliest, server.log()[-3000:])
-    assert exited - latest <= timeout + 2 + EXIT_SLACK, (exited - latest, server.log()[-3000:])
+    # the decision on time (the job's end is seen at the next scan, 2 s, and a loop on a loaded
+    # machine wakes late, seconds at worst); the exit after it takes a moment
+    assert decided - earliest >= timeout - 1, (decided - earliest, log[-3000:])
+    assert decided - latest <= timeout + 2 + 4, (decided - latest, log[-3000:])
+    assert exited - decided <= EXIT_SLACK, (exited - decided, log[-3000:])
 
 
 def test_a_nohup_job_from_a_closed_terminal_keeps_the_server_until_it_ends(
