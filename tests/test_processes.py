@@ -105,7 +105,10 @@ def kept_until_done(server: ServerProcess, done: Path, limit: float) -> float:
 
 
 def assert_stopped_after(
-    server: ServerProcess, since: float | None = None, timeout: float = TIMEOUT
+    server: ServerProcess,
+    since: float | None = None,
+    timeout: float = TIMEOUT,
+    exit_slack: float = EXIT_SLACK,
 ) -> None:
     """The server exits ``timeout`` after ``since`` (the end of a job), or after its start: from
     its launch at the earliest, from its readiness at the latest (a start slowed by busy
@@ -120,7 +123,7 @@ def assert_stopped_after(
     # machine wakes late, seconds at worst); the exit after it takes a moment
     assert decided - earliest >= timeout - 1, (decided - earliest, log[-3000:])
     assert decided - latest <= timeout + 2 + 4, (decided - latest, log[-3000:])
-    assert exited - decided <= EXIT_SLACK, (exited - decided, log[-3000:])
+    assert exited - decided <= exit_slack, (exited - decided, log[-3000:])
 
 
 def test_a_nohup_job_from_a_closed_terminal_keeps_the_server_until_it_ends(
@@ -176,7 +179,8 @@ def test_work_this_server_did_not_start_never_keeps_it(start_server: Any, tmp_pa
     in_terminal(other, " ".join(burn_command(60, other_done)))
     try:
         wait_until(lambda: "is working" in other.log(), 15)
-        assert_stopped_after(ours)
+        # the exit competes with two CPU burners for the 2 cores (8.7 s and 9.9 s in CI runs)
+        assert_stopped_after(ours, exit_slack=EXIT_SLACK + 8)
         assert other.running, "the control is void: the other server's job did not keep it"
         assert "is working" not in ours.log()
     finally:
