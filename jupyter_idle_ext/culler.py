@@ -219,11 +219,12 @@ class IdleCuller:
         task.add_done_callback(done)
 
     def seconds_to_shutdown(self) -> float:
-        """Seconds until the server shuts down, or -1 while nothing will: the last plan's
-        deadline, counted to now (for the metric, which cannot wait for a check)."""
-        if self.plan is None or self.plan.server.deadline is None:
+        """Seconds until the server shuts down, or -1 while nothing will, counted to now, from
+        the same snapshot and plan as the status (``current``)."""
+        current = self.current()
+        if current is None or current[1].server.deadline is None:
             return -1.0
-        return max(0.0, self.plan.server.deadline - self.tracker.clock())
+        return max(0.0, current[1].server.deadline - self.tracker.clock())
 
     def kept_by(self) -> tuple[str, str]:
         """What keeps the server up right now, for the usage metric: (kernel, process, job or

@@ -118,6 +118,26 @@ async def test_activity_since_the_last_check_is_in_the_next_status(
     assert after["last_activity"] > before["last_activity"]
 
 
+@pytest.mark.parametrize("idle_config", [{"server_idle_timeout": 600.0}], indirect=True)
+async def test_the_metrics_count_to_the_deadline_the_status_shows(
+    idle_app: Any, jp_fetch: Any
+) -> None:
+    """Activity since the last check moves the shutdown deadline in the metrics as in the
+    status, before the loop checks again: both read the one view (``current``)."""
+    body = json.dumps({"type": "file", "format": "text", "content": "x"})
+    await jp_fetch("api", "contents", "notes.md", method="PUT", body=body)
+    culler = idle_app.culler
+    await wait_for(lambda: culler.generation == idle_app.tracker.generation, 10)
+    await asyncio.sleep(2)
+    await jp_fetch("api", "contents", "notes.md", method="PUT", body=body)
+    assert culler.generation != idle_app.tracker.generation, "the loop checked: no test"
+    doc = await status(jp_fetch)
+    left = doc["server"]["seconds_to_shutdown"]
+    assert left > 599, doc["server"]
+    assert abs(culler.seconds_to_shutdown() - left) < 0.5, (culler.seconds_to_shutdown(), left)
+    assert culler.idle_seconds() < 0.5
+
+
 async def test_readers_never_run_a_check_and_still_see_activity_since_the_last_one(
     idle_app: Any, jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
