@@ -29,6 +29,7 @@ from harness import (
     bootstrap,
     fmt,
     fmt_ratio,
+    logged_at,
     median,
     parse_iso,
     ratio,
@@ -272,15 +273,6 @@ def cull_lateness(ctx: Context) -> list[Row]:
     return rows
 
 
-def _logged(server: ServerProcess, text: str) -> float | None:
-    """When the server first logged a line containing ``text`` (its log is in local time)."""
-    for line in server.log().splitlines():
-        match = re.match(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) ", line)
-        if match and text in line:
-            return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-    return None
-
-
 def _series(values: list[float]) -> str:
     return ", ".join(fmt(v, 2) for v in values)
 
@@ -428,7 +420,7 @@ def shutdown_lateness(ctx: Context) -> list[Row]:
         deadline = last_activity[i] + timeout
         lateness.append(exited - deadline)
         codes.append(servers[i].proc.returncode)
-        when = _logged(servers[i], "Shutting down the server")
+        when = logged_at(servers[i].log(), "Shutting down the server", monotonic=False)
         if when is None:
             continue
         decided.append(when - deadline)

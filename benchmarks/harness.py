@@ -32,6 +32,7 @@ from jupyter_idle_ext.pytest_plugin import (  # noqa: F401
     ServerProcess,
     execute_request,
     free_port,
+    logged_at,
     wait_until,
 )
 

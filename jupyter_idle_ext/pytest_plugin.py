@@ -124,14 +124,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def logged_at(log: str, text: str) -> float | None:
-    """When a server first logged ``text``, on this process's monotonic clock (a server log's
-    times are local wall-clock times, to the millisecond)."""
-    match = re.search(rf"\[\w (\S+ \S+) \w+\] {re.escape(text)}", log)
+def logged_at(log: str, text: str, monotonic: bool = True) -> float | None:
+    """When a server first logged a line holding ``text``: on this process's monotonic clock, or
+    (``monotonic=False``) as a wall-clock timestamp, which a server log's times are (local time,
+    to the millisecond)."""
+    match = re.search(rf"^\[\w (\S+ \S+) [^\]]*\].*{re.escape(text)}", log, re.M)
     if match is None:
         return None
     wall = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-    return wall - (time.time() - time.monotonic())
+    return wall - (time.time() - time.monotonic()) if monotonic else wall
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:

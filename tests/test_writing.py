@@ -15,7 +15,6 @@ import re
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ from jupyter_idle_ext.pytest_plugin import (
     ServerProcess,
     lab_server,
     launch,
+    logged_at,
     playwright_and_chromium,
     require,
 )
@@ -50,21 +50,17 @@ class Tab:
     opened_at: float = 0.0
     last_key_at: float = 0.0
     exited_at: float | None = None
-    # the wall clock at the exit, to compare with the log's times
-    exited_wall: datetime | None = None
     writes: list[tuple[float, str]] = field(default_factory=list)
 
     def watch(self) -> None:
         if self.exited_at is None and not self.server.running:
             self.exited_at = time.monotonic()
-            self.exited_wall = datetime.now()
 
     def decided_at(self) -> float:
         """When the server decided to stop (its log's time), on the monotonic clock."""
-        decided = _log_time(self.server.log(), "Shutting down the server")
-        assert decided is not None and self.exited_at is not None, self.diagnose()
-        assert self.exited_wall is not None
-        return self.exited_at - (self.exited_wall - decided).total_seconds()
+        decided = logged_at(self.server.log(), "Shutting down the server")
+        assert decided is not None, self.diagnose()
+        return decided
 
     def diagnose(self) -> str:
         return f"--- {self.label} server log (tail) ---\n{self.server.log()[-4000:]}"
@@ -192,12 +188,6 @@ def activity_counts(server: ServerProcess) -> dict[str, float]:
             r'^jupyter_idle_ext_activity_total\{source="(\w+)"\} (\S+)$', text, re.M
         )
     }
-
-
-def _log_time(log: str, text: str) -> datetime | None:
-    """When the server logged ``text`` (its log's times are local wall-clock times)."""
-    match = re.search(rf"\[\w (\S+ \S+) IdleExtension\] {re.escape(text)}", log)
-    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f") if match else None
 
 
 def test_typing_with_autosave_keeps_the_server_a_forgotten_tab_does_not(tmp_path: Path) -> None:
