@@ -142,8 +142,11 @@ def test_a_failing_hub_never_delays_culling_or_the_shutdown(
     assert HUB_TOKEN not in log
     posts = faulty_hub.posts()
     if mode in ("403", "404"):
-        # not retried: at most one attempt per interval in which activity moved
-        assert len(posts) <= 14, len(posts)
+        # no tight loop: one attempt per interval (0.9 s at the least, jittered) while the server
+        # ran, however long its start and exit took under load, and one at once for the kernel's
+        # start after a quiet interval; that a 403 is not retried at all is
+        # test_hub_reporter's test_forbidden_is_not_retried
+        assert len(posts) <= (posts[-1] - posts[0]) / 0.9 + 2, posts
     elif mode != "down":
         # bounded retries with backoff, not a tight loop
         assert 1 <= len(posts) <= 12 * 5, len(posts)
