@@ -303,10 +303,12 @@ run_pytest() {
     local label="$1" python="$2" marker="$3"
     shift 3
     echo "==> pytest ($label) -m '$marker' $*"
-    local rc=0
+    # every test's duration, beside the log, for whoever balances the suites
+    local junit rc=0
+    junit="$LOGS/junit-$(printf '%s' "$label" | tr -c 'a-zA-Z0-9' '-').xml"
     case "$python" in
-    */pytest) "$python" -m "$marker" --durations=10 "$@" || rc=$? ;;
-    *) "$python" -m pytest -m "$marker" --durations=10 "$@" || rc=$? ;;
+    */pytest) "$python" -m "$marker" --durations=10 --junit-xml="$junit" "$@" || rc=$? ;;
+    *) "$python" -m pytest -m "$marker" --durations=10 --junit-xml="$junit" "$@" || rc=$? ;;
     esac
     if [ "$rc" -eq 5 ] && [ "$#" -gt 0 ]; then
         return 0
