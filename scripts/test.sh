@@ -148,6 +148,7 @@ OLDEST_TESTS=(
     --deselect tests/test_processes.py::test_a_nohup_job_from_a_closed_terminal_keeps_the_server_until_it_ends
     --deselect tests/test_processes.py::test_a_kernel_computing_in_a_thread_is_not_culled_and_keeps_the_server
     --deselect tests/test_processes.py::test_a_detached_process_from_a_deleted_kernel_keeps_the_server
+    --deselect tests/test_processes.py::test_idle_kernels_shells_and_a_polling_client_still_let_it_stop
 )
 install_oldest() {
     if [ ! -x "$OLDEST_VENV/bin/python" ]; then
@@ -294,8 +295,10 @@ collect wheel gateway-venv
 # Most tests wait on real servers, kernels and timeouts rather than compute: they run side by
 # side, the main suite in pytest-xdist workers, and next to it the other environments' suites one
 # after the other. pytest's --durations lists the slowest.
-XDIST_MAIN=(-n 3)
-XDIST_OTHER=(-n 2)
+# worksteal: a worker that ends its share early takes tests from the others, so the long tests
+# do not leave one worker running on alone at the end
+XDIST_MAIN=(-n 3 --dist worksteal)
+XDIST_OTHER=(-n 2 --dist worksteal)
 
 # run_pytest LABEL PYTHON MARKER ARGS...: with a selection (ARGS), a run that collects nothing
 # is fine; without one, it means the suite is broken
