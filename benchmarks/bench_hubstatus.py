@@ -120,7 +120,7 @@ def _listing(url: str, count: int) -> float:
 
 def hub_status_scale(ctx: Context) -> list[Row]:
     bench = "12. hub-status at scale"
-    sizes, runs = ((100, 1000), 2) if ctx.quick else ((100, 1000, 10000), 3)
+    sizes, runs = ((100, 400), 2) if ctx.quick else ((100, 1000, 10000), 3)
     rows: list[Row] = []
     times: dict[int, list[float]] = {}
     for count in sizes:

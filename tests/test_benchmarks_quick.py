@@ -45,11 +45,11 @@ def _names() -> list[str]:
 
 
 # Two runs of run.py side by side, each with half the benchmarks (about equal in time, from a
-# quick run's timings: 2.5 minutes each instead of 5 in one): quick numbers are noise either way,
+# quick run's timings: 3 minutes each instead of 5 in one): quick numbers are noise either way,
 # and the two Hub benchmarks share a half, so two Hubs never run at once
 HALVES = (
-    ["flood", "hubposts", "hubscale", "footprint", "roundtrip"],
-    ["hubstatus", "apps", "processes", "cull", "gateway", "shutdown", "loop"],
+    ["flood", "hubposts", "hubscale", "footprint"],
+    ["hubstatus", "apps", "processes", "cull", "gateway", "roundtrip", "shutdown", "loop"],
 )
 
 
