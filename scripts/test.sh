@@ -26,7 +26,8 @@
 #
 # Installs and suites that mostly wait run side by side (their logs in .venv/ci-logs/, printed as
 # each ends): the main suite in pytest-xdist workers and then jupyter_server's own suite, and
-# next to them the apps, wheel and oldest-versions suites one after the other.
+# next to them the apps, wheel and oldest-versions suites one after the other, then the quick
+# benchmarks (-m heavy) once the main suite is over; the timing-tight (-m serial) run alone last.
 #
 # Under CI=true a dependency that cannot be installed fails the run here; the tests themselves
 # fail rather than skip when something they need is missing.
@@ -296,9 +297,11 @@ collect wheel gateway-venv
 # side, the main suite in pytest-xdist workers, and next to it the other environments' suites one
 # after the other. pytest's --durations lists the slowest.
 # worksteal: a worker that ends its share early takes tests from the others, so the long tests
-# do not leave one worker running on alone at the end
+# do not leave one worker running on alone at the end of the main suite
 XDIST_MAIN=(-n 3 --dist worksteal)
-XDIST_OTHER=(-n 2 --dist worksteal)
+# (with two workers and a dozen tests, worksteal's first split left one worker the longest ones:
+# the apps suite took 322 s where it takes 230 s)
+XDIST_OTHER=(-n 2)
 
 # run_pytest LABEL PYTHON MARKER ARGS...: with a selection (ARGS), a run that collects nothing
 # is fine; without one, it means the suite is broken
@@ -322,8 +325,14 @@ run_pytest() {
     fi
 }
 
+# the main suite's end, for the CPU-heavy tests that wait for it
+MAIN_DONE="$LOGS/main-suite.done"
 main_suite() {
-    run_pytest "main" python "not apps and not frontend and not serial" "${XDIST_MAIN[@]}" "$@"
+    local rc=0
+    (run_pytest "main" python "not apps and not frontend and not serial and not heavy" \
+        "${XDIST_MAIN[@]}" "$@") || rc=$?
+    touch "$MAIN_DONE"
+    [ "$rc" -eq 0 ] || exit "$rc"
     # jupyter_server's own tests, with the extension loaded and started in every server: here
     # rather than after the other suites, whose chain is the longer one
     if [ "$#" -eq 0 ]; then
@@ -346,12 +355,18 @@ other_suites() {
         run_pytest "Python $OLDEST_PYTHON_VERSION, ${OLDEST[*]}" "$OLDEST_VENV/bin/python" "not apps" \
             "${XDIST_OTHER[@]}" "${OLDEST_TESTS[@]}"
     fi
+    # the quick benchmark run, CPU-heavy for minutes, once the main suite's timing-bound tests
+    # are over: beside jupyter_server's own suite only, which runs again what fails
+    while [ ! -e "$MAIN_DONE" ] && kill -0 "${PIDS[main-suite]}" 2>/dev/null; do
+        sleep 2
+    done
+    run_pytest "CPU-heavy, after the main suite" python "heavy" "$@"
 }
 
 background main-suite main_suite "$@"
 background other-suites other_suites "$@"
 collect main-suite other-suites
-# then, alone on the machine, what is CPU-heavy or timing-tight
+# then, alone on the machine, what is timing-tight
 step "pytest (alone) -m serial"
 run_pytest "alone" python "serial" "$@"
 

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 HUB_BENCHMARKS = {"5. Hub posts", "6. Hub load at scale"}
 
-# CPU-heavy for minutes: it would skew the timing of tests running beside it
-pytestmark = [pytest.mark.timeout(900), pytest.mark.serial]
+# CPU-heavy for minutes: it would skew the timing of tests running beside it, so scripts/test.sh
+# runs it once the main suite is over, beside jupyter_server's own suite only
+pytestmark = [pytest.mark.timeout(900), pytest.mark.heavy]
 
 
 def _registry() -> dict[str, tuple[str, Any]]:
