@@ -142,14 +142,14 @@ OLDEST_PYTHON_VERSION=3.9
 OLDEST_PYTHON_VERSION_TUPLE=3,9
 OLDEST=("jupyter_server==2.15.0" "jupyter_server_terminals==0.5.0" "psutil==5.9.0" "traitlets==5.9.0")
 # a representative subset: what touches jupyter_server's kernel, terminal and extension APIs and
-# the process scan's psutil calls, without the process tests that repeat the same calls at length
+# the process scan's psutil calls (in process, and a terminal's job on a real server), without
+# the real-server process tests that repeat the same calls at length (one beside two CPU burners)
 OLDEST_TESTS=(
     tests/test_server.py tests/test_kernels.py tests/test_fail_closed.py tests/test_lifecycle.py
-    tests/test_policy.py tests/test_config.py tests/test_processes.py
-    --deselect tests/test_processes.py::test_a_nohup_job_from_a_closed_terminal_keeps_the_server_until_it_ends
-    --deselect tests/test_processes.py::test_a_kernel_computing_in_a_thread_is_not_culled_and_keeps_the_server
-    --deselect tests/test_processes.py::test_a_detached_process_from_a_deleted_kernel_keeps_the_server
-    --deselect tests/test_processes.py::test_idle_kernels_shells_and_a_polling_client_still_let_it_stop
+    tests/test_policy.py tests/test_config.py
+    tests/test_processes.py::test_the_scan_finds_this_servers_processes_and_no_others
+    tests/test_processes.py::test_a_server_that_is_pid_1_counts_the_orphans_it_adopts
+    tests/test_processes.py::test_a_terminal_running_a_silent_job_is_not_culled
 )
 install_oldest() {
     if [ ! -x "$OLDEST_VENV/bin/python" ]; then
@@ -336,7 +336,7 @@ main_suite() {
     # jupyter_server's own tests, with the extension loaded and started in every server: here
     # rather than after the other suites, whose chain is the longer one
     if [ "$#" -eq 0 ]; then
-        echo "==> jupyter_server's own tests, without and with jupyter_idle_ext"
+        echo "==> jupyter_server's own tests with jupyter_idle_ext (what fails, again both ways)"
         python tests/upstream/run.py || fail "a jupyter_server test fails only with jupyter_idle_ext"
     fi
 }
